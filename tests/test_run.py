@@ -1,0 +1,153 @@
+"""The `culturellm` command end to end: papermill parameter injection, the run folder, reuse on rerun,
+failure of one culture, stages not built yet, and the `answers`/`cultures`/`config` subcommands."""
+import json, os, subprocess, sys, time
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+from culturellm.seeds import CULTURES, culture_answers, load_embedded_counts, load_questions
+
+REPO = Path(__file__).resolve().parents[1]
+NBS = REPO / 'nbs'
+
+
+def cli(*args, cwd=None, env=None):
+    "Run the `culturellm` command; returns the CompletedProcess."
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, '-c', 'import sys; from culturellm.run import main; sys.exit(main())', *args],
+                          capture_output=True, text=True, cwd=cwd or REPO, env=e, timeout=600)
+
+
+def test_papermill_injects_culture(tmp_path):
+    "A papermill run with culture=korean computes Korean, not the notebook's default culture."
+    dst = tmp_path / 'korean' / '00_seeds.ipynb'; dst.parent.mkdir()
+    pm.execute_notebook(str(NBS / '00_seeds.ipynb'), str(dst), parameters={'culture': 'korean', 'run_dir': str(tmp_path)},
+                        cwd=str(NBS), progress_bar=False)
+    nb = nbformat.read(dst, 4)
+    tags = [c.metadata.get('tags', []) for c in nb.cells]
+    i = next(i for i, t in enumerate(tags) if 'parameters' in t)
+    assert 'injected-parameters' in tags[i + 1], "papermill must inject right after the parameters cell"
+    got = json.loads((tmp_path / 'data/answers/korean.json').read_text())
+    assert got['culture'] == 'korean' and got['countries'] == ['KOR'] and got['respondents'] == {'KOR': 1245}
+    want = culture_answers(CULTURES['korean'], load_embedded_counts(), 'majority')
+    assert got['answers'] == {str(k): v for k, v in want.items()}
+    assert got['answers'] != {str(k): v for k, v in culture_answers(CULTURES['arabic'], load_embedded_counts()).items()}
+    rows = [json.loads(l) for l in (tmp_path / 'data/seeds/korean.jsonl').read_text().splitlines()]
+    assert len(rows) == 50 and rows[0]['messages'][0]['content'] == CULTURES['korean'].system_prompt
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory):
+    "One `culturellm run --profile smoke` into a fresh folder, timed."
+    out = tmp_path_factory.mktemp('run') / 'smoke'
+    t = time.time()
+    r = cli('run', '--profile', 'smoke', '--out', str(out))
+    return out, r, time.time() - t
+
+
+def test_smoke_run_folder(smoke_run):
+    "The smoke run finishes in under 2 minutes and leaves executed notebooks, config.json and manifest.json."
+    out, r, secs = smoke_run
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert secs < 120, f"smoke run took {secs:.0f}s"
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['profile'] == 'smoke' and cfg['cultures'] == ['arabic', 'english']
+    m = json.loads((out / 'manifest.json').read_text())
+    assert {'packages', 'git', 'seed', 'python', 'stages', 'wall_seconds'} <= set(m)
+    assert m['packages']['papermill'] and m['seed'] == 0
+    for c in ('arabic', 'english'):
+        st = m['stages'][f'seeds/{c}']
+        assert st['status'] == 'ok' and st['seconds'] > 0 and len(st['input_hash']) == 64
+        assert set(st['inputs']) >= {'notebook', 'code', 'config', 'data', 'culture', 'upstream'}
+        nb = nbformat.read(out / c / '00_seeds.ipynb', 4)
+        assert nb.metadata.papermill.parameters['culture'] == c and not nb.metadata.papermill.exception
+        assert (out / 'data' / 'answers' / f'{c}.json').exists()
+    assert (out / 'figures' / 'seeds_country_map.png').stat().st_size > 10_000
+
+
+def test_unbuilt_stages_are_reported(smoke_run):
+    "Stages whose notebook does not exist yet are listed as missing, not silently skipped."
+    out, r, _ = smoke_run
+    m = json.loads((out / 'manifest.json').read_text())
+    assert m['stages']['augment/all']['status'] == 'missing'
+    assert 'missing  augment' in r.stdout and '01_augment.ipynb does not exist yet' in r.stdout
+    r2 = cli('run', '--profile', 'smoke', '--out', str(out), '--stages', 'augment')
+    assert r2.returncode == 2, "asking for a stage that is not built is an error"
+
+
+def test_rerun_reuses_and_config_change_reruns(smoke_run):
+    "The same command again executes nothing; a changed configuration executes the stage again."
+    out, _, _ = smoke_run
+    nb = out / 'arabic' / '00_seeds.ipynb'; before = nb.stat().st_mtime_ns
+    r = cli('run', '--profile', 'smoke', '--out', str(out), '--stages', 'seeds')
+    assert r.returncode == 0 and r.stdout.count('reused') >= 2, r.stdout
+    assert nb.stat().st_mtime_ns == before
+    r = cli('run', '--profile', 'smoke', '--out', str(out), '--stages', 'seeds', '--cultures', 'arabic', '--set', 'seeds.answer_rule=mean')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert nb.stat().st_mtime_ns != before
+    assert json.loads((out / 'data/answers/arabic.json').read_text())['rule'] == 'mean'
+
+
+def test_one_culture_fails_others_go_on(tmp_path):
+    "A culture whose WVS file is bad fails with its notebook and error named; the others finish; exit is non-zero."
+    items = [q.item for q in load_questions()]
+    bad = tmp_path / 'atlantis.csv'
+    bad.write_text('B_COUNTRY_ALPHA,' + ','.join(items) + '\n' + 'GRC,' + ','.join(['7'] + ['1'] * (len(items) - 1)) + '\n')
+    (tmp_path / 'cultures.yaml').write_text(f"- {{name: atlantis, countries: [GRC], language: Greek, wvs_file: {bad.name}}}\n")
+    out = tmp_path / 'run'
+    r = cli('run', '--profile', 'smoke', '--out', str(out), '--stages', 'seeds', '--cultures', 'atlantis,korean',
+            '--set', f"cultures_file={tmp_path / 'cultures.yaml'}", '--jobs', '2')
+    assert r.returncode == 1, r.stdout + r.stderr
+    m = json.loads((out / 'manifest.json').read_text())
+    fail = m['stages']['seeds/atlantis']
+    assert fail['status'] == 'failed' and 'atlantis.csv, row 2, column Q27: code 7 is outside the answer scale' in fail['error']
+    assert 'WVSDataError' in fail['error'] and str(out / 'atlantis' / '00_seeds.ipynb') in r.stdout
+    assert nbformat.read(out / 'atlantis' / '00_seeds.ipynb', 4).metadata.papermill.exception
+    assert m['stages']['seeds/korean']['status'] == 'ok'
+
+
+def test_bad_config_is_one_line(tmp_path):
+    "Unknown keys and bad values stop the command with one line naming the key."
+    for args, msg in [(['--set', 'seeds.answer_rule=median'], "config key 'seeds.answer_rule': expected one of majority"),
+                      (['--set', 'sed=1'], "unknown config key 'sed'"),
+                      (['--cultures', 'arabic,elvish'], "unknown culture 'elvish'"),
+                      (['--stages', 'seed'], "unknown stage 'seed'")]:
+        r = cli('run', '--profile', 'smoke', '--out', str(tmp_path / 'x'), *args)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 or r.stderr.strip().splitlines()[-1].startswith('culturellm: error:')
+
+
+def test_answers_command_anywhere(tmp_path):
+    "`culturellm answers chinese --json` works from any folder with no data: the embedded aggregate."
+    env = {k: v for k, v in os.environ.items() if k != 'CULTURELLM_DATA'}
+    r = subprocess.run([sys.executable, '-c', 'import sys; from culturellm.run import main; sys.exit(main())', 'answers', 'chinese', '--json'],
+                       capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    a = json.loads(r.stdout)
+    assert len(a) == 50 and a['27'] == 2 and a['132'] is None and a['224'] is None
+    d = json.loads(cli('answers', 'arabic', '--rule', 'distribution', '--json').stdout)
+    assert abs(sum(d['27'].values()) - 1) < 1e-5 and d['36'] is None
+    assert json.loads(cli('answers', 'chinese', '--rule', 'compat', '--json').stdout)['132'] == 3
+
+
+def test_answers_from_weighted_file(tmp_path):
+    "`--wvs FILE` reads a cross-national-style file and applies its weights."
+    qs = load_questions()
+    head = 'B_COUNTRY,W_WEIGHT,' + ','.join(q.item for q in qs)
+    lo = ','.join(str(q.scale.values[0]) for q in qs); hi = ','.join(str(q.scale.values[-1]) for q in qs)
+    f = tmp_path / 'wvs.csv'
+    f.write_text(f"{head}\n410,3.0,{lo}\n410,1.0,{hi}\n410,1.0,{hi}\n")
+    w = json.loads(cli('answers', 'korean', '--wvs', str(f), '--json').stdout)
+    u = json.loads(cli('answers', 'korean', '--wvs', str(f), '--json', '--unweighted').stdout)
+    assert w['27'] == 1 and u['27'] == 4      # weight 3 against 1+1, against 1 vs 2 respondents
+
+
+def test_cultures_and_config_commands():
+    "The culture list and the resolved configuration print as JSON."
+    cs = json.loads(cli('cultures', '--json').stdout)
+    assert [c['name'] for c in cs] == ['arabic', 'bengali', 'chinese', 'english', 'german', 'korean', 'portuguese', 'spanish', 'turkish']
+    assert next(c for c in cs if c['name'] == 'spanish')['countries'] == ['ARG', 'MEX']
+    cfg = json.loads(cli('config', '--profile', 'paper').stdout)
+    assert cfg['cultures'] == ['all'] and cfg['seeds']['source'] == 'microdata'

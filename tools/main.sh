@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The main job: install what is needed into .venv (once), then run the study at the `cpu` profile into
+# outputs/cpu. Extra arguments go to `culturellm run` (e.g. --cultures all, --jobs 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup-env.sh
+exec .venv/bin/culturellm run --profile cpu "$@"

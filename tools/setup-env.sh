@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create (or reuse) the virtual environment .venv and install culturellm into it, editable, with the test
+# tools. Idempotent: a rerun with unchanged packaging files installs nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+py="${PYTHON:-}"
+if [ -z "$py" ]; then
+  for c in python3.11 python3.12 python3.13 python3; do
+    if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then py="$c"; break; fi
+  done
+fi
+[ -n "$py" ] || { echo "culturellm needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+
+stamp=.venv/.culturellm-installed
+want=$(cat setup.py settings.ini pyproject.toml tools/setup-env.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup-env: installing culturellm into .venv (first time: a minute or two)" >&2
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+  echo "$want" > "$stamp"
+else
+  echo "setup-env: .venv is up to date" >&2
+fi
