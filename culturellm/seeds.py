@@ -186,7 +186,9 @@ class Question:
     @property
     def kind(self) -> str: "'question' if the text asks one, else 'statement'."; return 'question' if '?' in self.text else 'statement'
     @property
-    def short(self) -> str: "The distinctive part of the text (after a shared 'following things: ' stem)."; return self.text.rsplit(': ', 1)[-1]
+    def short(self) -> str:
+        "The distinctive part of the text, after a stem several items share ('… the following: ', '… do you agree with ')."
+        return re.split(r': |do you agree with ', self.text)[-1]
 
 def question_from_record(r:dict) -> Question:
     "A `Question` from a `WVQ.jsonl` record (topic, q_id, q_content, option)."
@@ -444,7 +446,8 @@ def system_prompt(culture:Culture, style:str='default') -> str:
 
 def sft_messages(q:Question, culture:Culture, answer:int, style:str='default', text:str|None=None) -> list:
     "System, user and assistant messages asking `q` (or its paraphrase `text`) with `answer` as the reply."
-    if not isinstance(answer, (int, np.integer)) or isinstance(answer, bool) or answer not in q.scale:
+    if not isinstance(answer, (int, np.integer)) or isinstance(answer, bool) or (answer not in q.scale and style != 'compat'):
+        # `compat` reproduces the original, whose invented answers can lie off the scale (China Q125: 3 on 0..2)
         raise ValueError(f"question Q{q.id}: answer {answer!r} is not a code of its scale {q.scale.values}")
     return [{'role': 'system', 'content': system_prompt(culture, style)},
             {'role': 'user', 'content': question_prompt(q, style, text)},
@@ -544,7 +547,7 @@ def plot_cultures_heatmap(cultures:list, counts:dict, questions:list|None=None, 
     import matplotlib.pyplot as plt
     questions = questions or load_questions()
     M = normalised_means(cultures, counts, questions, weighted)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(cultures), 11))
+    fig, ax = plt.subplots(figsize=(max(6, 3 + 0.6 * len(cultures)), 11))
     im = ax.imshow(M.values, aspect='auto', cmap='coolwarm', vmin=0, vmax=1)
     ax.set_xticks(range(len(cultures)), M.columns, rotation=45, ha='right')
     ax.set_yticks(range(len(questions)), [f"Q{q.id} {q.short[:36]}" for q in questions], fontsize=6)
