@@ -17,11 +17,11 @@ __all__ = ['ANSWER_RULES', 'PROMPT_STYLES', 'WVS_SOURCES', 'PROFILE_NAMES', 'PRO
            'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'write_jsonl', 'read_jsonl', 'sha256_bytes',
            'sha256_file', 'sha256_json']
 
-# %% ../nbs/08_config.ipynb #c006
+# %% ../nbs/08_config.ipynb #c007
 class ConfigError(ValueError):
     "A configuration key or value that is not valid; the message names the key and what was expected."
 
-# %% ../nbs/08_config.ipynb #c008
+# %% ../nbs/08_config.ipynb #c009
 ANSWER_RULES = ('majority', 'mean', 'distribution', 'compat')
 PROMPT_STYLES = ('default', 'compat')
 WVS_SOURCES = ('embedded', 'microdata')
@@ -48,14 +48,14 @@ class Config:
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
     _choices = dict(profile=PROFILE_NAMES)
 
-# %% ../nbs/08_config.ipynb #c010
+# %% ../nbs/08_config.ipynb #c011
 PROFILES = {
     'smoke': {'cultures': ['arabic', 'english']},
     'cpu':   {'cultures': ['arabic', 'chinese', 'english', 'german']},
     'paper': {'cultures': ['all'], 'seeds': {'source': 'microdata'}},
 }
 
-# %% ../nbs/08_config.ipynb #c012
+# %% ../nbs/08_config.ipynb #c013
 def _check_type(key, value, tp):
     "Coerce `value` to the annotated type `tp` or raise `ConfigError` naming `key`."
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -80,7 +80,7 @@ def _check_type(key, value, tp):
         raise ConfigError(f"config key {key!r}: expected a list of names, got {value!r}")
     return value
 
-# %% ../nbs/08_config.ipynb #c013
+# %% ../nbs/08_config.ipynb #c014
 def from_dict(cls, d:dict, prefix:str=''):
     "Build dataclass `cls` from the nested dict `d`, validating every key and value."
     if not isinstance(d, dict): raise ConfigError(f"config key {prefix.rstrip('.') or '(root)'!r}: expected a mapping, got {d!r}")
@@ -101,7 +101,7 @@ def from_dict(cls, d:dict, prefix:str=''):
             kw[name] = v
     return cls(**kw)
 
-# %% ../nbs/08_config.ipynb #c016
+# %% ../nbs/08_config.ipynb #c017
 def _merge(base:dict, over:dict) -> dict:
     "Recursively merge `over` into a copy of `base`."
     out = dict(base)
@@ -122,7 +122,7 @@ def parse_sets(pairs) -> dict:
         node[parts[-1]] = value
     return out
 
-# %% ../nbs/08_config.ipynb #c018
+# %% ../nbs/08_config.ipynb #c019
 def get_config(profile:str='smoke',   # profile name: smoke, cpu or paper
                overrides:dict|None=None, # nested overrides, as from `parse_sets`
                file:str|Path|None=None,  # a YAML or JSON file of overrides, applied before `overrides`
@@ -141,7 +141,7 @@ def get_config(profile:str='smoke',   # profile name: smoke, cpu or paper
     d['profile'] = profile
     return from_dict(Config, d)
 
-# %% ../nbs/08_config.ipynb #c021
+# %% ../nbs/08_config.ipynb #c022
 def config_to_dict(cfg:Config) -> dict:
     "The configuration as plain JSON-ready data."
     return asdict(cfg)
@@ -154,7 +154,7 @@ def load_config(path:str|Path) -> Config:
     except json.JSONDecodeError as e: raise ConfigError(f"config file {p}: not valid JSON (line {e.lineno}: {e.msg})") from None
     return from_dict(Config, d)
 
-# %% ../nbs/08_config.ipynb #c024
+# %% ../nbs/08_config.ipynb #c025
 DATA_HELP = ("the CultureLLM data are the folder data/ of github.com/Scarelette/CultureLLM (commit dcdb64d); "
              "put it at <root>/culturellm and set CULTURELLM_DATA=<root> or --set data_root=<root>")
 
@@ -166,7 +166,7 @@ def data_root(cfg:Config|None=None, required:bool=True) -> Path|None:
     if root: raise ConfigError(f"data root {root}: not a folder; {DATA_HELP}")
     raise ConfigError(f"no data root is set; {DATA_HELP}")
 
-# %% ../nbs/08_config.ipynb #c027
+# %% ../nbs/08_config.ipynb #c028
 def _umask() -> int:
     "The process umask."
     m = os.umask(0); os.umask(m); return m
@@ -204,7 +204,7 @@ def read_jsonl(path:str|Path) -> list:
         except json.JSONDecodeError as e: raise ValueError(f"{path}, line {i}: not valid JSON ({e.msg})") from None
     return out
 
-# %% ../nbs/08_config.ipynb #c030
+# %% ../nbs/08_config.ipynb #c031
 def sha256_bytes(b:bytes) -> str: "Hex SHA-256 of `b`."; return hashlib.sha256(b).hexdigest()
 
 def sha256_file(path:str|Path, chunk:int=1<<20) -> str:
