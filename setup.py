@@ -13,7 +13,7 @@ cfg = config["DEFAULT"]
 for key in "version description keywords author author_email".split():
     assert key in cfg, f"settings.ini: missing expected key {key!r}"
 
-licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
+licenses = {"apache2": "Apache-2.0"}  # SPDX expression
 statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable", "6 - Mature", "7 - Inactive"]
 py_versions = "3.11 3.12 3.13".split()
 
@@ -24,12 +24,11 @@ lic = licenses[cfg["license"].lower()]
 
 setuptools.setup(
     name=cfg["lib_name"],
-    license=lic[0],
+    license=lic,
     classifiers=[
         "Development Status :: " + statuses[int(cfg["status"])],
         "Intended Audience :: " + cfg["audience"].title(),
         "Natural Language :: " + cfg["language"].title(),
-        "License :: " + lic[1],
     ] + ["Programming Language :: Python :: " + o for o in py_versions[py_versions.index(min_python):]],
     url=cfg["git_url"],
     packages=setuptools.find_packages(include=["culturellm", "culturellm.*"]),
