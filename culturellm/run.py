@@ -118,7 +118,8 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
            '-y', yaml.safe_dump(params), '--no-progress-bar', '--log-level', 'WARNING']
     if timeout: cmd += ['--execution-timeout', str(timeout)]
     t = time.time()
-    env = dict(os.environ, PYTHONUNBUFFERED='1', MPLBACKEND='Agg')
+    env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}   # the kernel's inline backend puts figures into the executed notebook
+    env['PYTHONUNBUFFERED'] = '1'
     with open(log, 'w') as lf: rc = subprocess.run(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env).returncode
     secs = round(time.time() - t, 2)
     if rc == 0: return {'status': 'ok', 'seconds': secs, 'error': None}

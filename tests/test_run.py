@@ -65,6 +65,8 @@ def test_smoke_run_folder(smoke_run):
         assert nb.metadata.papermill.parameters['culture'] == c and not nb.metadata.papermill.exception
         assert (out / 'data' / 'answers' / f'{c}.json').exists()
     assert (out / 'figures' / 'seeds_country_map.png').stat().st_size > 10_000
+    images = sum('image/png' in o.get('data', {}) for c in nb.cells for o in c.get('outputs', []))
+    assert images == 3, f"the executed notebook shows its figures ({images} found)"
 
 
 def test_unbuilt_stages_are_reported(smoke_run):
