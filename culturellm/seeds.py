@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from .config import (Config, ConfigError, get_config, load_config, data_root, atomic_write_json,
-                               write_jsonl, read_jsonl, sha256_file, ANSWER_RULES)
+                               write_jsonl, read_jsonl, ANSWER_RULES)
 
 # %% auto #0
 __all__ = ['WVS7_COUNTRIES', 'WVS7_NUMERIC', 'CULTURES', 'SCALE_FIXES', 'MISSING_CODES', 'ORIGINAL_EXACT_MEAN',
