@@ -15,9 +15,10 @@ from .config import atomic_write_json, atomic_write_text, sha256_file, sha256_js
 
 # %% auto #0
 __all__ = ['NORMALISATIONS', 'Prompt', 'DEFAULT_LM', 'DEFAULT_EMBEDDER', 'cpu_has_bf16', 'pick_device', 'pick_dtype',
-           'default_cache_dir', 'CallCache', 'cached_map', 'OptionScores', 'Capabilities', 'Backend', 'smollm2_gguf',
-           'convert_gguf', 'resolve_model', 'tiny_model', 'LocalLM', 'score_options', 'naive_option_logprobs',
-           'generate', 'embedder_path', 'embed', 'load_adapter', 'set_adapter', 'unload_adapter']
+           'default_cache_dir', 'CallCache', 'cached_map', 'record_usage', 'OptionScores', 'Capabilities', 'Backend',
+           'smollm2_gguf', 'convert_gguf', 'resolve_model', 'tiny_model', 'LocalLM', 'score_options',
+           'naive_option_logprobs', 'generate', 'embedder_path', 'embed', 'load_adapter', 'set_adapter',
+           'unload_adapter']
 
 # %% ../nbs/00a_llm.ipynb #c007
 def cpu_has_bf16() -> bool:
@@ -99,6 +100,22 @@ def cached_map(cache:CallCache|None, identity:dict, method:str, params:dict, ite
     return out
 
 # %% ../nbs/00a_llm.ipynb #c016
+def record_usage(run_dir:str|Path,          # the run folder
+                 stage:str,                 # the stage name, e.g. 'augment'
+                 culture:str,               # the culture, or 'all'
+                 caches:dict,               # {model label: CallCache}
+                 prices:dict|None=None,     # {model label: {'in': $/Mtok, 'out': $/Mtok}}
+                ) -> dict:
+    "Write the calls' hits, misses, tokens (and cost where priced) to `usage/<stage>/<culture>.json`."
+    out = {}
+    for label, c in caches.items():
+        s = c.stats(); p = (prices or {}).get(label)
+        if p: s['cost'] = round((s['tokens_in'] * p.get('in', 0) + s['tokens_out'] * p.get('out', 0)) / 1e6, 6)
+        out[label] = s
+    atomic_write_json(Path(run_dir) / 'usage' / stage / f'{culture}.json', out)
+    return out
+
+# %% ../nbs/00a_llm.ipynb #c019
 NORMALISATIONS = ('none', 'token', 'char', 'byte')
 
 @dataclass
@@ -125,7 +142,7 @@ class OptionScores:
         "Index of the best option under `norm`."
         return int(np.argmax(self.normalised(norm)))
 
-# %% ../nbs/00a_llm.ipynb #c019
+# %% ../nbs/00a_llm.ipynb #c022
 @dataclass(frozen=True)
 class Capabilities:
     "What a backend can do."
@@ -148,7 +165,7 @@ class Backend:
     def embed(self, texts:list) -> np.ndarray:
         "One unit-length embedding row per text."; raise NotImplementedError
 
-# %% ../nbs/00a_llm.ipynb #c021
+# %% ../nbs/00a_llm.ipynb #c024
 DEFAULT_LM = 'smollm2-135m-instruct'
 DEFAULT_EMBEDDER = 'all-MiniLM-L6-v2'
 
@@ -204,7 +221,7 @@ def resolve_model(name:str=DEFAULT_LM, cache_dir:str|Path|None=None) -> tuple:
     meta = json.loads((dest / 'checksum.json').read_text())
     return str(dest), {'model': DEFAULT_LM, 'sha256': meta['sha256']}
 
-# %% ../nbs/00a_llm.ipynb #c023
+# %% ../nbs/00a_llm.ipynb #c026
 def tiny_model(dest:str|Path, layers:int=2, hidden:int=64, seed:int=0) -> Path:
     "Save a tiny random Llama model with SmolLM2's tokenizer and chat template into `dest`."
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -220,7 +237,7 @@ def tiny_model(dest:str|Path, layers:int=2, hidden:int=64, seed:int=0) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(dest); tok.save_pretrained(dest)
     return dest
 
-# %% ../nbs/00a_llm.ipynb #c025
+# %% ../nbs/00a_llm.ipynb #c028
 class LocalLM(Backend):
     "A local causal LM (transformers) with LoRA adapters (peft), behind the `Backend` interface."
     def __init__(self, model:str=DEFAULT_LM,          # HF id, local folder, or the default SmolLM2-135M-Instruct
@@ -244,7 +261,7 @@ class LocalLM(Backend):
         "Backend kind, model and checksum, precision and the active adapter."
         return dict(self._id, backend='local', dtype=str(self.torch_dtype).replace('torch.', ''), adapter=self.adapter)
 
-# %% ../nbs/00a_llm.ipynb #c027
+# %% ../nbs/00a_llm.ipynb #c030
 def _format(self, prompt) -> str:
     "A chat prompt rendered with the chat template (generation prompt added), or a plain prompt unchanged."
     if isinstance(prompt, str): return prompt
@@ -262,7 +279,7 @@ def _encode_pair(self, context:str, option:str) -> tuple:
 
 LocalLM._format, LocalLM._encode_pair = _format, _encode_pair
 
-# %% ../nbs/00a_llm.ipynb #c029
+# %% ../nbs/00a_llm.ipynb #c032
 def _score_batch(self, batch:list) -> list:
     "Summed log-probs of options for a batch of (context tokens, [option tokens]) pairs, sharing each prompt."
     import torch
@@ -340,7 +357,7 @@ def score_options(self, items:list,             # (prompt, [option, ...]) pairs;
 
 LocalLM._score_batch, LocalLM._batches, LocalLM.score_options = _score_batch, _batches, score_options
 
-# %% ../nbs/00a_llm.ipynb #c031
+# %% ../nbs/00a_llm.ipynb #c034
 def naive_option_logprobs(lm:LocalLM, prompt, options:list) -> list:
     "Summed option log-probs from one full forward pass per option (the slow reference)."
     import torch
@@ -352,7 +369,7 @@ def naive_option_logprobs(lm:LocalLM, prompt, options:list) -> list:
         out.append(float(sum(lp[len(c) - 1 + j, tok] for j, tok in enumerate(t))))
     return out
 
-# %% ../nbs/00a_llm.ipynb #c034
+# %% ../nbs/00a_llm.ipynb #c037
 def _cut(text:str, stop:list|None) -> str:
     "`text` up to the first occurrence of any stop string."
     for s in stop or []:
@@ -394,7 +411,7 @@ def generate(self, prompts:list,            # strings or chat-message lists
 
 LocalLM.generate = generate
 
-# %% ../nbs/00a_llm.ipynb #c036
+# %% ../nbs/00a_llm.ipynb #c039
 def embedder_path(name:str=DEFAULT_EMBEDDER) -> str:
     "Folder of the packaged all-MiniLM-L6-v2 for the default name, else `name` unchanged."
     if name in (DEFAULT_EMBEDDER, 'sentence-transformers/all-MiniLM-L6-v2'):
@@ -405,18 +422,18 @@ def embedder_path(name:str=DEFAULT_EMBEDDER) -> str:
 
 def embed(self, texts:list, batch_size:int=64) -> np.ndarray:
     "Unit-length sentence embeddings, one row per text."
-    if self._embedder is None:
-        from sentence_transformers import SentenceTransformer
-        self._embedder = SentenceTransformer(embedder_path(self.embedder_name), device=self.device)
     ident = {'backend': 'sentence-transformers', 'model': self.embedder_name}
     def compute(todo):
+        if self._embedder is None:          # loaded on the first miss only: a fully cached run never loads it
+            from sentence_transformers import SentenceTransformer
+            self._embedder = SentenceTransformer(embedder_path(self.embedder_name), device=self.device)
         E = self._embedder.encode(list(todo), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
         return [([round(float(x), 7) for x in e], 0, 0) for e in E]
     return np.array(cached_map(self.cache, ident, 'embed', {}, list(texts), compute), dtype=np.float32)
 
 LocalLM.embed = embed
 
-# %% ../nbs/00a_llm.ipynb #c038
+# %% ../nbs/00a_llm.ipynb #c041
 def load_adapter(self, path:str|Path, name:str|None=None) -> str:
     "Load a peft LoRA adapter from `path` under `name` (default: the folder name) and make it active."
     from peft import PeftModel

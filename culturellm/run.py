@@ -113,6 +113,7 @@ def notebook_error(path:Path) -> str|None:
 def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=None) -> dict:
     "Execute `task`'s notebook with papermill in a subprocess; {'status', 'seconds', 'error'}."
     dst = task.out_nb(out); dst.parent.mkdir(parents=True, exist_ok=True)
+    (out / 'usage' / task.stage.name / f'{task.culture}.json').unlink(missing_ok=True)   # the stage writes a fresh one
     log = dst.with_suffix('.log')
     cmd = [sys.executable, '-m', 'papermill', str(nbs / task.stage.notebook), str(dst), '--cwd', str(nbs),
            '-y', yaml.safe_dump(params), '--no-progress-bar', '--log-level', 'WARNING']
@@ -185,7 +186,7 @@ def run_study(cfg:Config,                    # the resolved configuration
                 if failed_up:
                     rec.update(status='blocked', error=f"upstream {failed_up[0]['stage']}/{failed_up[0]['culture']} {failed_up[0]['status']}")
                 elif not force and prev and prev.get('status') == 'ok' and prev.get('input_hash') == rec['input_hash'] and t.out_nb(out).exists():
-                    rec.update(status='ok', reused=True, seconds=prev.get('seconds'), finished=prev.get('finished'))
+                    rec.update(status='ok', reused=True, seconds=prev.get('seconds'), finished=prev.get('finished'), usage=prev.get('usage'))
                 else: todo.append((t, rec)); continue
             manifest['stages'][t.key] = rec; manifest['last_run'].append(t.key)
             if bar: bar.update(1)
@@ -199,6 +200,8 @@ def run_study(cfg:Config,                    # the resolved configuration
                 t, rec = futs[f]
                 try: res = f.result()
                 except Exception as e: res = {'status': 'failed', 'seconds': None, 'error': f"{type(e).__name__}: {e}"}
+                uf = out / 'usage' / s.name / f'{t.culture}.json'   # model calls the stage recorded (llm.record_usage)
+                if uf.exists(): res['usage'] = json.loads(uf.read_text())
                 rec.update(res, finished=_now()); manifest['stages'][t.key] = rec; manifest['last_run'].append(t.key)
                 manifest['updated'] = _now(); atomic_write_json(mpath, manifest)
                 if bar: bar.update(1)
