@@ -10,7 +10,7 @@ matmul peak and the fraction of it our scorer reaches. The last line is
     scoring: ours=<items/s> baseline=<items/s> ratio=<x> max_abs_diff=<d> peak_fraction=<f>
 
 Usage: python benchmarks/scoring.py [--quick] [--dtype bf16|fp32] [--items N] [--repeats R]
-       [--batch-tokens T] [--hf-batch-size B] [--diff-dtypes bf16,fp32] [--sweep]
+       [--batch-tokens T] [--hf-batch-size B] [--diff-dtypes bf16,fp32] [--threads N] [--sweep]
 Needs lm-eval (pip install "lm-eval[hf]>=0.4.13"); no network (set HF_HUB_OFFLINE=1).
 """
 from __future__ import annotations
@@ -143,6 +143,18 @@ def token_counts(lm, items, batch_tokens) -> dict:
     return dict(prompt=prompt, option=opt, useful=prompt + opt, computed=padded, fed_option=fed_opt, batches=nb,
                 options=sum(len(os_) for _, os_ in enc), naive_pairs=naive)
 
+def cpu_busy() -> tuple:
+    "(CPU seconds all processes have spent busy, CPU seconds this process has spent, wall seconds): to see competing load."
+    try: f = [int(x) for x in Path('/proc/stat').read_text().split('\n')[0].split()[1:]]
+    except (OSError, ValueError): f = [0] * 8
+    busy = (sum(f[:8]) - f[3] - f[4]) / os.sysconf('SC_CLK_TCK')           # all but idle and iowait
+    t = os.times(); return busy, t.user + t.system, time.perf_counter()
+
+def others_share(t0:tuple, t1:tuple) -> float:
+    "Fraction of the machine's CPU time other processes used between two `cpu_busy` snapshots."
+    wall = t1[2] - t0[2]
+    return max(0.0, ((t1[0] - t0[0]) - (t1[1] - t0[1])) / (wall * (os.cpu_count() or 1))) if wall > 0 else 0.0
+
 def matmul_peak(n:int=2048, repeats:int=10) -> dict:
     "Median GFLOP/s of an n x n matmul in fp32 and bf16."
     import torch
@@ -168,12 +180,14 @@ def main(argv=None):
     ap.add_argument('--batch-tokens', type=int, default=4096, help="LocalLM's batch_tokens")
     ap.add_argument('--hf-batch-size', type=int, default=16, help="lm-eval HFLM's batch_size")
     ap.add_argument('--diff-dtypes', default=None, help='comma list of dtypes to compare log-probs at (default: fp32 and the headline dtype; headline only with --quick)')
+    ap.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's own, one per core)")
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--sweep', action='store_true', help='also time ours over batch_tokens values and HFLM over batch sizes')
     a = ap.parse_args(argv)
 
     import torch, transformers, lm_eval
     from culturellm.llm import LocalLM, cpu_has_bf16
+    if a.threads: torch.set_num_threads(a.threads)
     transformers.logging.set_verbosity_error()
     import logging; logging.getLogger('lm_eval').setLevel(logging.WARNING)
     headline = a.dtype or ('bf16' if cpu_has_bf16() else 'fp32')
@@ -201,16 +215,18 @@ def main(argv=None):
         bad = check_tokens(lm, hf, items)
         print(f'  model folder {lm.path}; tokenisation mismatches ours vs lm-eval: {bad}', flush=True)
         run_ours(lm, items[:8]); run_baseline(hf, items[:8])            # warm-up: first calls allocate and pick kernels
-        tso, tsb = [], []
+        tso, tsb = [], []; c0 = cpu_busy()
         for r in range(reps):   # interleaved, so that load from other processes hits both alike
             t, lo = run_ours(lm, items, reps == 1); tso.append(t); print(f'  repeat {r + 1}/{reps}: ours {t:.2f}s', flush=True)
             t, lb = run_baseline(hf, items, reps == 1); tsb.append(t); print(f'  repeat {r + 1}/{reps}: baseline {t:.2f}s', flush=True)
-        to, tb = statistics.median(tso), statistics.median(tsb)
+        to, tb = statistics.median(tso), statistics.median(tsb); other = others_share(c0, cpu_busy())
+        print(f'  other processes used {other:.0%} of the CPU while timing', flush=True)
         d = max(abs(x - y) for u, v in zip(lo, lb) for x, y in zip(u, v))
         agree = sum(max(range(len(u)), key=u.__getitem__) == max(range(len(v)), key=v.__getitem__) for u, v in zip(lo, lb)) / len(lo)
         tc = token_counts(lm, items, a.batch_tokens)
         params = sum(p.numel() for p in lm.model.parameters())
-        results[dt] = dict(ours=len(items) / to, base=len(items) / tb, t_ours=to, t_base=tb, diff=d, agree=agree, tc=tc, params=params)
+        results[dt] = dict(ours=len(items) / to, base=len(items) / tb, t_ours=to, t_base=tb, diff=d, agree=agree, tc=tc, params=params,
+                           lp_ours=lo, lp_base=lb, other=other)
         print(f'  ours:     median {to:.2f}s  -> {len(items) / to:.1f} items/s (batch_tokens={a.batch_tokens}; runs {", ".join(f"{t:.2f}" for t in tso)})')
         print(f'  baseline: median {tb:.2f}s  -> {len(items) / tb:.1f} items/s (HFLM batch_size={a.hf_batch_size}; runs {", ".join(f"{t:.2f}" for t in tsb)})')
         print(f'  ratio {tb / to:.2f}x; max |logprob ours - lm-eval| = {d:.3g} over {nopt} options; same argmax on {100 * agree:.1f}% of items')
@@ -238,6 +254,14 @@ def main(argv=None):
     frac = h['gflops'] / peak[headline]
     print(f'\nheadline ({headline}): ours {h["ours"]:.1f} items/s, baseline {h["base"]:.1f} items/s, ratio {h["ours"] / h["base"]:.2f}x')
     for dt, r in results.items(): print(f'max_abs_diff at {dt}: {r["diff"]:.3g}')
+    if 'fp32' in results:                                                       # lower precision against the fp32 reference
+        ref = results['fp32']['lp_ours']
+        err = lambda lp: max(abs(x - y) for u, v in zip(lp, ref) for x, y in zip(u, v))
+        for dt, r in results.items():
+            if dt != 'fp32': print(f'{dt} error against our fp32 log-probs: ours {err(r["lp_ours"]):.3g}, lm-eval {err(r["lp_base"]):.3g}')
+    busy = max(r['other'] for r in results.values())
+    if busy > 0.05: print(f'WARNING: other processes used up to {busy:.0%} of the CPU while timing: with 2 busy threads each, '
+                          'timings inflate far beyond that share; rerun on an idle machine')
     print(f'peak fraction: our {headline} FLOP rate {h["gflops"]:.1f} GFLOP/s / {headline} matmul peak {peak[headline]:.1f} GFLOP/s = {frac:.3g}'
           f' (fp32 peak: {h["gflops"] / peak["fp32"]:.3g})')
     print(f'goal ratio>=3: {"met" if h["ours"] / h["base"] >= 3 else "NOT met"}; goal max_abs_diff<=0.01 (at {exact}): {"met" if dmax <= 0.01 else "NOT met"}')

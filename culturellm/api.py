@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import numpy as np
 from fastcore.basics import patch
 
-from .llm import Backend, CallCache, Capabilities, OptionScores, cached_map
+from .llm import Backend, CallCache, Capabilities, OptionScores, cached_map, check_item, _cut
 
 # %% auto #0
 __all__ = ['LOCAL_HOSTS', 'OPENAI_URL', 'CHOICE_INSTRUCTION', 'PROBE_PROMPT', 'OpenAILMError', 'MalformedReply', 'is_transient',
@@ -265,13 +265,6 @@ def _render(self:OpenAILM, prompt) -> str:
         self._tok = AutoTokenizer.from_pretrained(self.tokenizer)
     return self._tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
-def _cut(text:str, stop:list|None) -> str:
-    "`text` up to the first occurrence of any stop string (some servers keep the stop string, OpenAI drops it)."
-    for s in stop or []:
-        i = text.find(s)
-        if i >= 0: text = text[:i]
-    return text
-
 def _usage(r) -> tuple:
     "(prompt tokens, completion tokens) of a reply; 0 where the server does not say."
     u = getattr(r, 'usage', None)
@@ -433,9 +426,7 @@ def score_options(self:OpenAILM, items:list,     # (prompt, [option, ...]) pairs
     "An `OptionScores` per item: summed option log-probs where the server gives them, else a `ChoiceScores`."
     norm = []
     for k, it in enumerate(items):
-        if not (isinstance(it, (tuple, list)) and len(it) == 2 and isinstance(it[1], (list, tuple)) and it[1]):
-            raise ValueError(f"item {k}: expected (prompt, [option, ...]) with at least one option")
-        if any(not isinstance(o, str) or not o for o in it[1]): raise ValueError(f"item {k}: options must be non-empty strings")
+        check_item(it, k)
         norm.append([_check_prompt(it[0], k), list(it[1])])
     if self.score_mode == 'logprobs':
         ctxs = [self._render(p) for p, _ in norm]            # before any request: a chat prompt without tokenizer fails here

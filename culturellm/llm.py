@@ -16,7 +16,7 @@ from .config import atomic_write_json, atomic_write_text, sha256_file, sha256_js
 # %% auto #0
 __all__ = ['NORMALISATIONS', 'Prompt', 'DEFAULT_LM', 'DEFAULT_EMBEDDER', 'cpu_has_bf16', 'pick_device', 'pick_dtype',
            'default_cache_dir', 'CallCache', 'cached_map', 'record_usage', 'OptionScores', 'Capabilities', 'Backend',
-           'smollm2_gguf', 'convert_gguf', 'resolve_model', 'tiny_model', 'LocalLM', 'score_options',
+           'smollm2_gguf', 'convert_gguf', 'resolve_model', 'tiny_model', 'LocalLM', 'check_item', 'score_options',
            'naive_option_logprobs', 'generate', 'embedder_path', 'embed', 'load_adapter', 'set_adapter',
            'unload_adapter']
 
@@ -280,6 +280,12 @@ def _encode_pair(self, context:str, option:str) -> tuple:
 LocalLM._format, LocalLM._encode_pair = _format, _encode_pair
 
 # %% ../nbs/00a_llm.ipynb #c032
+def check_item(it, k:int):
+    "Raise a one-line ValueError unless `it` is a (prompt, [non-empty option strings]) pair; `k` is its index."
+    if not (isinstance(it, (tuple, list)) and len(it) == 2 and isinstance(it[1], (list, tuple)) and it[1]):
+        raise ValueError(f"item {k}: expected (prompt, [option, ...]) with at least one option")
+    if any(not isinstance(o, str) or not o for o in it[1]): raise ValueError(f"item {k}: options must be non-empty strings")
+
 def _score_batch(self, batch:list) -> list:
     "Summed log-probs of options for a batch of (context tokens, [option tokens]) pairs, sharing each prompt."
     import torch
@@ -331,11 +337,9 @@ def score_options(self, items:list,             # (prompt, [option, ...]) pairs;
     "An `OptionScores` per item: the log-probability of every option after its prompt, each prompt run once."
     norm = []
     for k, it in enumerate(items):
-        if not (isinstance(it, (tuple, list)) and len(it) == 2 and isinstance(it[1], (list, tuple)) and it[1]):
-            raise ValueError(f"item {k}: expected (prompt, [option, ...]) with at least one option")
+        check_item(it, k)
         ctx = self._format(it[0])
         if not ctx.strip(): raise ValueError(f"item {k}: the prompt is empty")
-        if any(not isinstance(o, str) or not o for o in it[1]): raise ValueError(f"item {k}: options must be non-empty strings")
         norm.append((ctx, list(it[1])))
     def compute(todo):
         enc = []
