@@ -1,8 +1,11 @@
 """Benchmark: culturellm's option scorer (`LocalLM.score_options`) against lm-evaluation-harness (`HFLM.loglikelihood`).
 
 Both score the same (prompt, option) pairs with the same local model folder (SmolLM2-135M-Instruct) at the same dtype,
-in one process, on the same CPU threads. Items are real: binary classification items from the CultureLLM downstream
-test sets (several tasks and languages, drawn with a fixed seed) plus GeoMLaMA (English) multiple-choice questions.
+in one process, on the same CPU threads. Items are real and in the prompts the studies use: binary classification
+items from the CultureLLM downstream test sets (several tasks and languages, drawn with a fixed seed) in CultureLLM's
+evaluation format (system "You are an {Culture} chatbot ...", "If the following sentence is offensive, just say "OFF",
+otherwise say "NOT_OFF" ...", the answers as options), rendered with the model's chat template; plus GeoMLaMA (English)
+questions in Global Gallery's Alpaca prompt with the candidate answers as options.
 
 Prints items/s for both (median over repeats), their ratio, the largest per-option log-prob difference, the machine's
 matmul peak and the fraction of it our scorer reaches. The last line is
@@ -10,7 +13,7 @@ matmul peak and the fraction of it our scorer reaches. The last line is
     scoring: ours=<items/s> baseline=<items/s> ratio=<x> max_abs_diff=<d> peak_fraction=<f>
 
 Usage: python benchmarks/scoring.py [--quick] [--dtype bf16|fp32] [--items N] [--repeats R]
-       [--batch-tokens T] [--hf-batch-size B] [--diff-dtypes bf16,fp32] [--threads N] [--sweep]
+       [--batch-tokens T] [--row-tokens R] [--min-prefix K] [--hf-batch-size B] [--diff-dtypes bf16,fp32] [--threads N] [--sweep]
 Needs lm-eval (pip install "lm-eval[hf]>=0.4.13"); no network (set HF_HUB_OFFLINE=1).
 """
 from __future__ import annotations
@@ -25,12 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
 
 # ---------------------------------------------------------------------------------------------------------------- data
-QUESTIONS = {  # prompt_family -> question (binary families only)
-    'offensive': 'Is the following sentence offensive?',
-    'hate': 'Does the following sentence contain hate speech?',
-    'spam': 'Is the following message spam?',
-    'vulgar': 'Is the following sentence vulgar?',
-    'hof': 'Is the following sentence hateful or offensive?',
+# CultureLLM's evaluation prompts (dossier 1.7): system "You are an {Culture} chatbot that know {Culture} very well.",
+# user "If the following sentence ..., just say X, otherwise say Y without explanation: {text}"; the options are X and Y
+FAMILIES = {  # prompt_family -> (condition, yes answer, no answer)
+    'offensive': ('is offensive', 'OFF', 'NOT_OFF'),
+    'hate': ('contains hate speech', 'HS', 'NOT_HS'),
+    'spam': ('is a spam tweet', 'Spam', 'NOT_Spam'),
+    'vulgar': ('contains vulgar speech', 'Vulgar', 'NOT_Vulgar'),
+    'hof': ('contains hate or offensive content', 'HOF', 'NOT'),
 }
 # one or two binary tasks per language, a mix of families and text lengths
 TASKS = [('arabic', 'offensive_detect'), ('arabic', 'spam_detect'), ('bengali', 'hate_detect_religion'),
@@ -42,13 +47,22 @@ MAX_CHARS = 600  # long comments (e.g. Toxic Comment threads) are cut to keep pr
 
 def data_root() -> Path: return Path(os.environ.get('CULTURELLM_DATA') or '/work/shared/data')
 
-def _question(t:dict) -> str:
-    if t['prompt_family'] in QUESTIONS: return QUESTIONS[t['prompt_family']]
+def _family(t:dict) -> tuple:
+    "(condition, yes, no) of a binary task's prompt."
+    if t['prompt_family'] in FAMILIES: return FAMILIES[t['prompt_family']]
     what = t['task'].replace('_detect', '').replace('_', ' ')    # entity_binary / expressing_binary: 'threat', 'insult', ...
-    return f'Does the following sentence contain {what}?'
+    if t['prompt_family'] == 'expressing_binary': return (f'is expressing {what}', '1', '0')
+    return (f'has {what} speech', '1', '0')
+
+def binary_messages(t:dict, text:str) -> tuple:
+    "(chat messages, [yes, no]) of one binary item in CultureLLM's evaluation format."
+    cond, yes, no = _family(t); c = t['culture'].capitalize()
+    return ([{'role': 'system', 'content': f'You are an {c} chatbot that know {c} very well.'},
+             {'role': 'user', 'content': f'If the following sentence {cond}, just say "{yes}", otherwise say "{no}" without explanation: {text}'}],
+            [yes, no])
 
 def binary_items(n:int, seed:int=0) -> list:
-    "`n` (prompt, options, meta) triples from the binary CultureLLM test sets, drawn round-robin over `TASKS`."
+    "`n` (chat messages, options, meta) triples from the binary CultureLLM test sets, drawn round-robin over `TASKS`."
     root = data_root()
     spec = {(t['culture'], t['task']): t for t in json.loads(Path(os.environ.get('CULTURELLM_TASKS') or
             '/work/shared/docs/culturellm-tasks.json').read_text())}
@@ -61,9 +75,7 @@ def binary_items(n:int, seed:int=0) -> list:
         rows = [json.loads(l) for l in p.read_text(encoding='utf-8').split('\n') if l.strip()]
         rows = [r for r in rows if isinstance(r.get(t['text_field']), str) and r[t['text_field']].strip()]
         rng.shuffle(rows)
-        q = _question(t)
-        pools.append([(f"{q} Answer yes or no.\nSentence: {' '.join(r[t['text_field']].split())[:MAX_CHARS]}\nAnswer:",
-                       [' yes', ' no'], f"{key[0]}/{key[1]}") for r in rows])
+        pools.append([(*binary_messages(t, ' '.join(r[t['text_field']].split())[:MAX_CHARS]), f"{key[0]}/{key[1]}") for r in rows])
     if not pools: raise FileNotFoundError(f'no binary task data under {root}/culturellm')
     out, k = [], 0
     while len(out) < n and any(pools):
@@ -78,15 +90,22 @@ def _candidates(s:str) -> list:
         except (ValueError, SyntaxError): pass
     return [c.strip() for c in s.split(',') if c.strip()]
 
+ALPACA = ('Below is an instruction that describes a task, paired with an input that provides further context. '
+          'Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n'
+          '### Input:\n{input}\n\n### Response:\n')
+GEO_INSTRUCTION = ('You are an expert in global cultures and the subject matter of the question. Using that expertise, '
+                   'identify the most accurate answer from the options provided.')
+
 def geomlama_items(n:int, seed:int=0, lang:str='en') -> list:
-    "`n` GeoMLaMA questions as 'Q: ... A:' prompts with the candidate answers (leading space) as options."
+    "`n` GeoMLaMA questions in Global Gallery's Alpaca prompt (dossier 3.3), the candidate answers (shuffled) as options."
     p = data_root() / 'global-gallery' / 'geomlama' / f'{lang}.csv'
     with open(p, newline='', encoding='utf-8') as f: rows = list(csv.DictReader(f))
-    random.Random(seed).shuffle(rows)
+    rng = random.Random(seed); rng.shuffle(rows)
     out = []
     for r in rows[:n]:
-        opts = list(dict.fromkeys(' ' + c for c in _candidates(r['candidate_answers'])))
-        out.append((f"Q: {r['question'].strip()}\nA:", opts, f"geomlama/{lang}/{r['country']}"))
+        opts = list(dict.fromkeys(_candidates(r['candidate_answers']))); rng.shuffle(opts)
+        inp = f"Question: {r['question'].strip()} \nOptions: " + '\n'.join(f'({chr(65 + k)}) {o}' for k, o in enumerate(opts))
+        out.append((ALPACA.format(instruction=GEO_INSTRUCTION, input=inp), opts, f"geomlama/{lang}/{r['country']}"))
     return out
 
 def build_items(n:int, seed:int=0) -> list:
@@ -97,6 +116,11 @@ def build_items(n:int, seed:int=0) -> list:
     return items
 
 # ------------------------------------------------------------------------------------------------------------- runners
+def render(tok, items) -> list:
+    "Items with chat prompts rendered to strings by the model's chat template: both scorers get the very same text."
+    return [(p if isinstance(p, str) else tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True), o, m)
+            for p, o, m in items]
+
 def run_ours(lm, items, progress=False):
     "(seconds, per-item option log-probs) of `LocalLM.score_options` on `items`."
     pairs = [(p, o) for p, o, _ in items]
@@ -125,23 +149,26 @@ def check_tokens(lm, hf, items) -> int:
             bad += (list(a[0]), list(a[1])) != (list(b[0]), list(b[1]))
     return bad
 
-def token_counts(lm, items, batch_tokens) -> dict:
-    "Useful tokens (prompt once + options) and the tokens our batches actually compute, padding included."
+def token_counts(lm, items) -> dict:
+    """Token counts of our scorer's work on `items`:
+    useful: prompt + option tokens; fed: what a scorer that runs each prompt once must feed (prompts, and option tokens
+    but the last); unique: what ours must feed after running prompt prefixes shared across items once (`min_prefix`);
+    computed: what our packed batches feed, padding included; head_positions: where the LM head runs (one per prompt, one per
+    option token but the last); naive_pairs: what feeding every (prompt, option) pair whole costs."""
     enc = []
     for p, os_, _ in items:
         pairs = [lm._encode_pair(p, o) for o in os_]; enc.append((pairs[0][0], [t for _, t in pairs]))
     prompt = sum(len(c) for c, _ in enc); opt = sum(len(t) for _, os_ in enc for t in os_)
-    padded, fed_opt, nb = 0, 0, 0
-    old = lm.batch_tokens; lm.batch_tokens = batch_tokens
-    try: batches = lm._batches(enc)
-    finally: lm.batch_tokens = old
-    for b in batches:
-        P = max(len(enc[i][0]) for i in b); opts = [t for i in b for t in enc[i][1]]; L = max(len(t) for t in opts) - 1
-        padded += len(b) * P + (len(opts) * L if L > 0 else 0); fed_opt += sum(len(t) - 1 for t in opts); nb += 1
-    # lm-eval feeds context + option[:-1] for every (context, option) pair, right-padded per batch (not modelled here)
+    fed_opt = sum(len(t) - 1 for _, os_ in enc for t in os_)
+    groups = lm._prefix_groups([c for c, _ in enc])
+    unique = fed_opt + sum(K + sum(len(enc[i][0]) - K for i in idx) for K, idx in groups)
+    batches = lm._pack(enc)
+    size = lambda row: sum(K + sum(len(enc[i][0]) - K + sum(len(o) - 1 for o in enc[i][1]) for i in idx) for K, idx in row)
+    padded = sum(len(b) * max(map(size, b)) for b in batches)       # each batch pads its rows to its longest
+    nb, ng = len(batches), sum(K > 0 for K, _ in groups)
     naive = sum(len(c) + len(t) - 1 for c, os_ in enc for t in os_)
-    return dict(prompt=prompt, option=opt, useful=prompt + opt, computed=padded, fed_option=fed_opt, batches=nb,
-                options=sum(len(os_) for _, os_ in enc), naive_pairs=naive)
+    return dict(prompt=prompt, option=opt, useful=prompt + opt, fed=prompt + fed_opt, unique=unique, computed=padded,
+                batches=nb, rows=sum(map(len, batches)), prefix_groups=ng, head_positions=len(enc) + fed_opt, naive_pairs=naive)
 
 def cpu_busy() -> tuple:
     "(CPU seconds all processes have spent busy, CPU seconds this process has spent, wall seconds): to see competing load."
@@ -155,11 +182,14 @@ def others_share(t0:tuple, t1:tuple) -> float:
     wall = t1[2] - t0[2]
     return max(0.0, ((t1[0] - t0[0]) - (t1[1] - t0[1])) / (wall * (os.cpu_count() or 1))) if wall > 0 else 0.0
 
-def matmul_peak(n:int=2048, repeats:int=10) -> dict:
-    "Median GFLOP/s of an n x n matmul in fp32 and bf16."
+def matmul_peak(dtypes=('fp32', 'bf16'), n:int=2048, repeats:int=10) -> dict:
+    "Median GFLOP/s of an n x n matmul in each of `dtypes` (bf16 only where the CPU has bf16 instructions: emulated bf16 is ~100x slower)."
     import torch
+    from culturellm.llm import cpu_has_bf16
     out = {}
-    for name, dt in (('fp32', torch.float32), ('bf16', torch.bfloat16)):
+    for name in dtypes:
+        if name == 'bf16' and not cpu_has_bf16(): continue
+        dt = {'fp32': torch.float32, 'bf16': torch.bfloat16}[name]
         a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
         for _ in range(3): torch.matmul(a, b)
         ts = []
@@ -173,11 +203,13 @@ def _g(x:float, d:int=4) -> str: return f'{x:.{d}g}'
 # ---------------------------------------------------------------------------------------------------------------- main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--quick', action='store_true', help='120 items, 1 repeat, headline dtype only (under a minute)')
+    ap.add_argument('--quick', action='store_true', help='48 items, 1 repeat, headline dtype only (about a minute)')
     ap.add_argument('--dtype', default=None, help='headline dtype: bf16 or fp32 (default: bf16 if the CPU has it)')
-    ap.add_argument('--items', type=int, default=None, help='number of items (default 600; 120 with --quick)')
+    ap.add_argument('--items', type=int, default=None, help='number of items (default 600; 48 with --quick)')
     ap.add_argument('--repeats', type=int, default=None, help='timed repeats, median reported (default 3; 1 with --quick)')
-    ap.add_argument('--batch-tokens', type=int, default=4096, help="LocalLM's batch_tokens")
+    ap.add_argument('--batch-tokens', type=int, default=None, help="LocalLM's batch_tokens (default: its own)")
+    ap.add_argument('--row-tokens', type=int, default=512, help="LocalLM's row_tokens")
+    ap.add_argument('--min-prefix', type=int, default=8, help="LocalLM's min_prefix (0: no prefix sharing across items)")
     ap.add_argument('--hf-batch-size', type=int, default=16, help="lm-eval HFLM's batch_size")
     ap.add_argument('--diff-dtypes', default=None, help='comma list of dtypes to compare log-probs at (default: fp32 and the headline dtype; headline only with --quick)')
     ap.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's own, one per core)")
@@ -191,26 +223,29 @@ def main(argv=None):
     transformers.logging.set_verbosity_error()
     import logging; logging.getLogger('lm_eval').setLevel(logging.WARNING)
     headline = a.dtype or ('bf16' if cpu_has_bf16() else 'fp32')
-    n = a.items or (120 if a.quick else 600); R = a.repeats or (1 if a.quick else 3)
+    n = a.items or (48 if a.quick else 600); R = a.repeats or (1 if a.quick else 3)
     diff = [d for d in (a.diff_dtypes.split(',') if a.diff_dtypes else ([headline] if a.quick else sorted({headline, 'fp32'}, key=lambda d: d != headline))) if d]
     print(f'torch {torch.__version__}, transformers {transformers.__version__}, lm_eval {lm_eval.__version__ if hasattr(lm_eval, "__version__") else "?"}; '
           f'{torch.get_num_threads()} threads; cpu bf16: {cpu_has_bf16()}', flush=True)
 
-    t0 = time.perf_counter(); items = build_items(n, a.seed)
+    from transformers import AutoTokenizer
+    from culturellm.llm import resolve_model
+    t0 = time.perf_counter(); items = render(AutoTokenizer.from_pretrained(resolve_model()[0]), build_items(n, a.seed))
     src = {}
     for *_, m in items: k = m.split('/')[0]; src[k] = src.get(k, 0) + 1
     nopt = sum(len(o) for _, o, _ in items)
     print(f'{len(items)} items, {nopt} options ({time.perf_counter() - t0:.1f}s to build): ' + ', '.join(f'{k} {v}' for k, v in sorted(src.items())))
 
     peak = matmul_peak()
-    print(f"matmul peak (2048x2048, median of 10): fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s", flush=True)
+    print('matmul peak (2048x2048, median of 10): ' + ', '.join(f'{k} {v:.1f} GFLOP/s' for k, v in peak.items())
+          + ('' if 'bf16' in peak else ' (no bf16 instructions on this CPU: bf16 not measured)'), flush=True)
 
     results = {}
     for dt in diff:
         timed = dt == headline
         reps = R if timed else 1
         print(f'\n== {dt} ({"timed, " + str(reps) + " repeats" if timed else "log-prob check, 1 pass"})', flush=True)
-        lm = LocalLM(dtype=dt, cache=None, batch_tokens=a.batch_tokens)
+        lm = LocalLM(dtype=dt, cache=None, batch_tokens=a.batch_tokens, row_tokens=a.row_tokens, min_prefix=a.min_prefix)
         hf = load_hf(lm.path, dt, a.hf_batch_size)
         bad = check_tokens(lm, hf, items)
         print(f'  model folder {lm.path}; tokenisation mismatches ours vs lm-eval: {bad}', flush=True)
@@ -223,20 +258,25 @@ def main(argv=None):
         print(f'  other processes used {other:.0%} of the CPU while timing', flush=True)
         d = max(abs(x - y) for u, v in zip(lo, lb) for x, y in zip(u, v))
         agree = sum(max(range(len(u)), key=u.__getitem__) == max(range(len(v)), key=v.__getitem__) for u, v in zip(lo, lb)) / len(lo)
-        tc = token_counts(lm, items, a.batch_tokens)
+        tc = token_counts(lm, items)
         params = sum(p.numel() for p in lm.model.parameters())
+        head = lm.model.get_output_embeddings().weight.numel(); emb = lm.model.get_input_embeddings().weight.numel()
+        body = params - emb - (0 if lm.model.get_output_embeddings().weight is lm.model.get_input_embeddings().weight else head)
+        flops = 2 * body * tc['unique'] + 2 * head * tc['head_positions']  # the work our method must do, padding excluded
         results[dt] = dict(ours=len(items) / to, base=len(items) / tb, t_ours=to, t_base=tb, diff=d, agree=agree, tc=tc, params=params,
-                           lp_ours=lo, lp_base=lb, other=other)
-        print(f'  ours:     median {to:.2f}s  -> {len(items) / to:.1f} items/s (batch_tokens={a.batch_tokens}; runs {", ".join(f"{t:.2f}" for t in tso)})')
+                           lp_ours=lo, lp_base=lb, other=other, flops=flops, body=body, head=head)
+        print(f'  ours:     median {to:.2f}s  -> {len(items) / to:.1f} items/s (batch_tokens={lm.batch_tokens}, row_tokens={lm.row_tokens}; runs {", ".join(f"{t:.2f}" for t in tso)})')
         print(f'  baseline: median {tb:.2f}s  -> {len(items) / tb:.1f} items/s (HFLM batch_size={a.hf_batch_size}; runs {", ".join(f"{t:.2f}" for t in tsb)})')
         print(f'  ratio {tb / to:.2f}x; max |logprob ours - lm-eval| = {d:.3g} over {nopt} options; same argmax on {100 * agree:.1f}% of items')
-        gf = 2 * params * tc['useful'] / to / 1e9
-        gfc = 2 * params * tc['computed'] / to / 1e9
-        results[dt].update(gflops=gf, gflops_computed=gfc)
-        print(f"  tokens: prompt {tc['prompt']} + option {tc['option']} = {tc['useful']} useful; our batches compute {tc['computed']} "
-              f"(padding overhead {tc['computed'] / tc['useful'] - 1:+.0%}, {tc['batches']} batches); lm-eval pairs would feed {tc['naive_pairs']}")
-        print(f"  our FLOP rate: 2 x {params / 1e6:.1f}M params x {tc['useful']} tokens / {to:.2f}s = {gf:.1f} GFLOP/s "
-              f"({gf / peak['bf16']:.1%} of bf16 peak, {gf / peak['fp32']:.1%} of fp32 peak); with padding {gfc:.1f} GFLOP/s")
+        gf = flops / to / 1e9
+        results[dt].update(gflops=gf)
+        print(f"  tokens: prompt {tc['prompt']} + option {tc['option']} = {tc['useful']} useful; feeding each prompt once: {tc['fed']}; "
+              f"after sharing prompt prefixes across items ({tc['prefix_groups']} groups): {tc['unique']} "
+              f"({1 - tc['unique'] / tc['fed']:.0%} less); our batches feed {tc['computed']} (padding {tc['computed'] / tc['unique'] - 1:+.0%}, "
+              f"{tc['rows']} packed rows in {tc['batches']} batches); every (prompt, option) pair whole: {tc['naive_pairs']}")
+        print(f"  our FLOP rate: (2 x {body / 1e6:.1f}M layer params x {tc['unique']} tokens + 2 x {head / 1e6:.1f}M head params x "
+              f"{tc['head_positions']} predicting positions) / {to:.2f}s = {gf:.1f} GFLOP/s ("
+              + ', '.join(f'{gf / v:.1%} of {k} peak' for k, v in peak.items()) + ')')
         if a.sweep and timed:
             for bt in (1024, 2048, 4096, 8192, 16384):
                 lm.batch_tokens = bt; t = statistics.median(run_ours(lm, items)[0] for _ in range(max(1, R // 2)))
@@ -263,7 +303,7 @@ def main(argv=None):
     if busy > 0.05: print(f'WARNING: other processes used up to {busy:.0%} of the CPU while timing: with 2 busy threads each, '
                           'timings inflate far beyond that share; rerun on an idle machine')
     print(f'peak fraction: our {headline} FLOP rate {h["gflops"]:.1f} GFLOP/s / {headline} matmul peak {peak[headline]:.1f} GFLOP/s = {frac:.3g}'
-          f' (fp32 peak: {h["gflops"] / peak["fp32"]:.3g})')
+          + (f' (fp32 peak: {h["gflops"] / peak["fp32"]:.3g})' if headline != 'fp32' else ''))
     print(f'goal ratio>=3: {"met" if h["ours"] / h["base"] >= 3 else "NOT met"}; goal max_abs_diff<=0.01 (at {exact}): {"met" if dmax <= 0.01 else "NOT met"}')
     print(f'scoring: ours={_g(h["ours"])} baseline={_g(h["base"])} ratio={_g(h["ours"] / h["base"], 3)} max_abs_diff={_g(dmax, 3)} peak_fraction={_g(frac, 3)}')
 

@@ -244,7 +244,9 @@ class LocalLM(Backend):
                  device:str|None=None,                # cuda, mps, cpu; default: the best available
                  dtype:str|None=None,                 # bf16, fp16, fp32; default: the best for the device
                  cache:CallCache|None=None,           # the call cache; None disables caching
-                 batch_tokens:int=4096,               # token budget of one scoring forward pass
+                 batch_tokens:int|None=None,          # tokens of one scoring forward pass; default 2048 on CPU, else 16384
+                 row_tokens:int=512,                  # length of a packed scoring row (longer items get a row of their own)
+                 min_prefix:int=8,                    # shortest prompt prefix (tokens) shared by items that runs once; 0: off
                  embedder:str=DEFAULT_EMBEDDER,       # sentence-transformers model for `embed`
                 ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -253,7 +255,9 @@ class LocalLM(Backend):
         self.tok = AutoTokenizer.from_pretrained(self.path)
         if self.tok.pad_token_id is None: self.tok.pad_token = self.tok.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=self.torch_dtype).to(self.device).eval()
-        self.cache, self.batch_tokens, self.embedder_name = cache, batch_tokens, embedder
+        self.batch_tokens = batch_tokens or (2048 if self.device == 'cpu' else 16384)
+        self.cache, self.row_tokens, self.min_prefix = cache, row_tokens, min_prefix
+        self.embedder_name = embedder
         self.adapter, self._embedder, self.calls = None, None, 0
         self.capabilities = Capabilities(embed=True, adapters=True)
 
@@ -275,7 +279,8 @@ def _encode_pair(self, context:str, option:str) -> tuple:
     if n: option, context = context[-n:] + option, context[:-n]
     whole = self.tok(context + option, add_special_tokens=False).input_ids
     ctx = self.tok(context, add_special_tokens=False).input_ids
-    return ctx, whole[len(ctx):]
+    if whole[:len(ctx)] == ctx and len(whole) > len(ctx): return ctx, whole[len(ctx):]
+    return ctx, self.tok(option, add_special_tokens=False).input_ids   # merged across the boundary ('Q' + 'A' -> 'QA')
 
 LocalLM._format, LocalLM._encode_pair = _format, _encode_pair
 
@@ -286,53 +291,112 @@ def check_item(it, k:int):
         raise ValueError(f"item {k}: expected (prompt, [option, ...]) with at least one option")
     if any(not isinstance(o, str) or not o for o in it[1]): raise ValueError(f"item {k}: options must be non-empty strings")
 
-def _score_batch(self, batch:list) -> list:
-    "Summed log-probs of options for a batch of (context tokens, [option tokens]) pairs, sharing each prompt."
-    import torch
-    dev, pad = self.device, self.tok.pad_token_id
-    B, P = len(batch), max(len(c) for c, _ in batch)
-    ids = torch.full((B, P), pad, dtype=torch.long); mask = torch.zeros((B, P), dtype=torch.long)
-    for i, (c, _) in enumerate(batch): ids[i, P - len(c):] = torch.tensor(c); mask[i, P - len(c):] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.inference_mode():
-        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=True)
-        first = torch.log_softmax(out.logits[:, -1].float(), -1)          # predicts each option's first token
-        rows = [i for i, (_, opts) in enumerate(batch) for _ in opts]
-        opts = [o for _, os_ in batch for o in os_]
-        scores = [float(first[r, o[0]]) for r, o in zip(rows, opts)]
-        L = max(len(o) for o in opts) - 1
-        if L > 0:                                                        # options longer than one token
-            cache = out.past_key_values
-            cache.reorder_cache(torch.tensor(rows, device=dev))          # one copy of the prompt's cache per option
-            x = torch.full((len(opts), L), pad, dtype=torch.long); m = torch.zeros((len(opts), L), dtype=torch.long)
-            for j, o in enumerate(opts): x[j, :len(o) - 1] = torch.tensor(o[:-1]); m[j, :len(o) - 1] = 1
-            am = torch.cat([mask[rows], m], 1)
-            p2 = torch.tensor([len(batch[r][0]) for r in rows])[:, None] + torch.arange(L)[None]
-            lg = self.model(input_ids=x.to(dev), attention_mask=am.to(dev), position_ids=p2.to(dev), past_key_values=cache).logits
-            lp = torch.log_softmax(lg.float(), -1)
-            tgt = torch.zeros((len(opts), L), dtype=torch.long)
-            for j, o in enumerate(opts): tgt[j, :len(o) - 1] = torch.tensor(o[1:])
-            g = lp.gather(-1, tgt.to(dev)[..., None])[..., 0] * m.to(dev)
-            scores = [s + float(v) for s, v in zip(scores, g.sum(-1))]
-    self.calls += 1
-    out_, k = [], 0
-    for _, os_ in batch: out_.append(scores[k:k + len(os_)]); k += len(os_)
-    return out_
+def _lcp(a:list, b:list) -> int:
+    "Length of the longest common prefix of two token lists."
+    n = min(len(a), len(b)); k = 0
+    while k < n and a[k] == b[k]: k += 1
+    return k
 
-def _batches(self, encoded:list) -> list:
-    "Indices of `encoded` grouped into batches: sorted by prompt length, under the token budget."
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    batches, cur, P, T = [], [], 0, 0
+def _prefix_groups(self, ctxs:list) -> list:
+    "(prefix length, [indices]) groups of prompts (token lists) that share a prefix worth running once; length 0: no sharing."
+    order = sorted(range(len(ctxs)), key=lambda i: ctxs[i])               # shared prefixes become neighbours
+    groups, alone, cur, K = [], [], [], 0
+    def close():
+        if len(cur) > 1: groups.append((K, cur))
+        else: alone.extend(cur)
     for i in order:
-        c, os_ = encoded[i]
-        p = max(P, len(c)); t = T + sum(len(c) + len(o) for o in os_)
-        if cur and ((len(cur) + 1) * p > self.batch_tokens or t > 4 * self.batch_tokens): batches.append(cur); cur, p, t = [], len(c), sum(len(c) + len(o) for o in os_)
-        cur.append(i); P, T = p, t
-    if cur: batches.append(cur)
+        if cur:
+            k = min(K, _lcp(ctxs[cur[-1]], ctxs[i]), len(ctxs[i]) - 1)   # every item keeps >= 1 token after the prefix
+            if self.min_prefix and k >= self.min_prefix and k * len(cur) >= K * (len(cur) - 1):   # the group saves no less
+                cur.append(i); K = k; continue
+            close()
+        cur, K = [i], len(ctxs[i]) - 1
+    if cur: close()
+    return groups + ([(0, alone)] if alone else [])
+
+def _pack(self, enc:list) -> list:
+    "Batches of rows of units (prefix length, [item indices]) from (prompt tokens, [option tokens]) pairs: best-fit packing."
+    import bisect
+    size = lambda i, K: len(enc[i][0]) - K + sum(len(o) - 1 for o in enc[i][1])   # an item's tokens after the prefix
+    units = []
+    for K, idx in self._prefix_groups([c for c, _ in enc]):
+        if not K: units += [(size(i, 0), 0, [i]) for i in idx]; continue
+        cur, n = [], K
+        for i in idx:                                                    # a group too long for one row is split
+            if cur and n + size(i, K) > self.row_tokens: units.append((n, K, cur)); cur, n = [], K
+            cur.append(i); n += size(i, K)
+        units.append((n, K, cur))
+    units.sort(key=lambda u: -u[0])
+    rows, free = [], []                                                  # free: sorted (room left, row number)
+    for n, K, idx in units:
+        j = bisect.bisect_left(free, (n, -1))
+        if j < len(free): room, r = free.pop(j)
+        else: room, r = max(self.row_tokens, n), len(rows); rows.append([0, []])
+        rows[r][0] += n; rows[r][1].append((K, idx))
+        if room - n > 0: bisect.insort(free, (room - n, r))
+    rows.sort(key=lambda r: -r[0])
+    batches, cur = [], []
+    for fill, row in rows:                                               # longest rows first: each batch pads to its first
+        if cur and (len(cur) + 1) * cur[0][0] > self.batch_tokens: batches.append([r for _, r in cur]); cur = []
+        cur.append((fill, row))
+    if cur: batches.append([r for _, r in cur])
     return batches
 
+def _score_packed(self, enc:list, batch:list) -> dict:
+    "{item index: [summed option log-probs]} for one batch of packed rows: one forward pass, no second pass."
+    import torch
+    dev, pad = self.device, self.tok.pad_token_id
+    T = max(sum(K + sum(len(enc[i][0]) - K + sum(len(o) - 1 for o in enc[i][1]) for i in idx) for K, idx in row) for row in batch)
+    B = len(batch)
+    ids = torch.full((B, T), pad, dtype=torch.long); pos = torch.zeros((B, T), dtype=torch.long)
+    meta = torch.full((3, B, T), -1, dtype=torch.long)                   # unit, item, option of every token (-1: none)
+    sel, tgt, owner, opts_of = [], [], [], {}                            # predicting (row, col), target token, option number
+    nopt = 0
+    for b, row in enumerate(batch):
+        t = 0
+        for u, (K, idx) in enumerate(row):
+            c0 = enc[idx[0]][0]
+            ids[b, t:t + K] = torch.tensor(c0[:K], dtype=torch.long); pos[b, t:t + K] = torch.arange(K); meta[0, b, t:t + K] = u; t += K
+            for i in idx:
+                c, os_ = enc[i]; s = len(c) - K
+                ids[b, t:t + s] = torch.tensor(c[K:]); pos[b, t:t + s] = torch.arange(K, len(c)); meta[0, b, t:t + s] = u
+                meta[1, b, t:t + s] = i; t += s; last = t - 1
+                opts_of[i] = list(range(nopt, nopt + len(os_)))
+                for k, o in enumerate(os_):
+                    n = len(o) - 1
+                    ids[b, t:t + n] = torch.tensor(o[:-1], dtype=torch.long); pos[b, t:t + n] = torch.arange(len(c), len(c) + n)
+                    meta[0, b, t:t + n] = u; meta[1, b, t:t + n] = i; meta[2, b, t:t + n] = k
+                    for j, q in enumerate([last] + list(range(t, t + n))): sel.append((b, q)); tgt.append(o[j]); owner.append(nopt)
+                    t += n; nopt += 1
+    u, it, op = meta[0], meta[1], meta[2]
+    allowed = ((u[:, :, None] == u[:, None, :]) & (u[:, None, :] >= 0)
+               & ((it[:, None, :] == -1) | ((it[:, None, :] == it[:, :, None]) & ((op[:, None, :] == -1) | (op[:, None, :] == op[:, :, None])))))
+    allowed &= torch.ones(T, T, dtype=torch.bool).tril()                  # causal, and ...
+    allowed |= torch.eye(T, dtype=torch.bool)                              # ... every token (padding too) sees itself
+    mask = torch.zeros((B, 1, T, T), dtype=self.torch_dtype).masked_fill_(~allowed[:, None], torch.finfo(self.torch_dtype).min)
+    base = self.model.get_base_model() if hasattr(self.model, 'get_base_model') else self.model   # LoRA layers stay in
+    cfg = base.config.get_text_config()
+    with torch.inference_mode():
+        h = base.get_decoder()(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=False).last_hidden_state
+        keys = sorted(set(sel)); where = {k: n for n, k in enumerate(keys)}
+        hs = h[torch.tensor([k[0] for k in keys], device=dev), torch.tensor([k[1] for k in keys], device=dev)]
+        head, lp = base.get_output_embeddings(), []
+        si, ti = torch.tensor([where[s] for s in sel], device=dev), torch.tensor(tgt, device=dev)
+        vals = torch.empty(len(sel), dtype=torch.float64, device=dev)
+        for a in range(0, len(keys), 512):                               # the LM head in chunks: bounded memory
+            lg = head(hs[a:a + 512]).float()
+            if getattr(cfg, 'logit_scale', None): lg = lg * cfg.logit_scale                        # what some models' forward
+            if getattr(cfg, 'final_logit_softcapping', None):                                      # adds after the head
+                lg = torch.tanh(lg / cfg.final_logit_softcapping) * cfg.final_logit_softcapping
+            lse = torch.logsumexp(lg, -1)
+            m = (si >= a) & (si < a + 512)
+            vals[m] = (lg[si[m] - a, ti[m]] - lse[si[m] - a]).double()
+        scores = torch.zeros(nopt, dtype=torch.float64, device=dev).index_add_(0, torch.tensor(owner, device=dev), vals).tolist()
+    self.calls += 1
+    return {i: [scores[k] for k in ks] for i, ks in opts_of.items()}
+
 def score_options(self, items:list,             # (prompt, [option, ...]) pairs; a prompt is a string or chat messages
-                  progress:bool=False,          # show a progress bar over batches
+                  progress:bool=False,          # show a progress bar over items
                  ) -> list:
     "An `OptionScores` per item: the log-probability of every option after its prompt, each prompt run once."
     norm = []
@@ -347,19 +411,19 @@ def score_options(self, items:list,             # (prompt, [option, ...]) pairs;
             pairs = [self._encode_pair(ctx, o) for o in opts]
             enc.append((pairs[0][0], [p[1] for p in pairs]))
             assert all(p[0] == pairs[0][0] for p in pairs)   # the prompt's tokens do not depend on the option
-        res = [None] * len(enc)
-        bs = self._batches(enc)
-        it = bs
+        res, bar = {}, None
         if progress:
-            from tqdm.auto import tqdm; it = tqdm(bs, desc='scoring', unit='batch')
-        for b in it:
-            for i, s in zip(b, self._score_batch([enc[i] for i in b])): res[i] = s
+            from tqdm.auto import tqdm; bar = tqdm(total=len(enc), desc='scoring', unit='item')
+        for batch in self._pack(enc):
+            got = self._score_packed(enc, batch); res.update(got)
+            if bar is not None: bar.update(len(got))
+        if bar is not None: bar.close()
         return [(dict(logprob=res[i], n_tokens=[len(o) for o in enc[i][1]]), len(enc[i][0]) + sum(map(len, enc[i][1])), 0)
                 for i in range(len(enc))]
     vals = cached_map(self.cache, self.identity(), 'score_options', {}, [[c, o] for c, o in norm], compute)
     return [OptionScores(o, v['logprob'], v['n_tokens']) for (_, o), v in zip(norm, vals)]
 
-LocalLM._score_batch, LocalLM._batches, LocalLM.score_options = _score_batch, _batches, score_options
+LocalLM._pack, LocalLM._prefix_groups, LocalLM._score_packed, LocalLM.score_options = _pack, _prefix_groups, _score_packed, score_options
 
 # %% ../nbs/00a_llm.ipynb #c034
 def naive_option_logprobs(lm:LocalLM, prompt, options:list) -> list:

@@ -29,14 +29,58 @@ def wvs_items(n=12):
 
 
 def test_scoring_equals_naive(tiny_dir):
-    "Every option's log-prob equals one full forward pass per option, whatever the batching."
+    "Every option's log-prob equals one full forward pass per option, whatever the packing and prefix sharing."
     lm = LocalLM(str(tiny_dir), dtype='fp32')
     items = wvs_items()
-    for budget in (4096, 300, 64):
-        lm.batch_tokens = budget
+    for batch, row, prefix in ((4096, 512, 8), (300, 64, 8), (64, 16, 0), (2048, 2048, 2)):
+        lm.batch_tokens, lm.row_tokens, lm.min_prefix = batch, row, prefix
         for (p, opts), s in zip(items, lm.score_options(items)):
             np.testing.assert_allclose(s.logprob, naive_option_logprobs(lm, p, opts), atol=2e-4)
             assert s.n_tokens == [len(lm._encode_pair(lm._format(p), o)[1]) for o in opts]
+
+
+def encoded(lm, items):
+    return [(lm._encode_pair(lm._format(p), os_[0])[0], [lm._encode_pair(lm._format(p), o)[1] for o in os_]) for p, os_ in items]
+
+
+def test_prefix_groups_share_what_pays(tiny_dir):
+    "Chat prompts with one system prompt form one group whose prefix runs once; unrelated short prompts are left alone."
+    lm = LocalLM(str(tiny_dir), dtype='fp32')
+    items = wvs_items(12)
+    enc = encoded(lm, items)
+    groups = lm._prefix_groups([c for c, _ in enc])
+    assert sorted(i for _, idx in groups for i in idx) == list(range(len(items))), "every item in exactly one group"
+    for K, idx in groups:
+        if K: assert len(idx) > 1 and all(enc[i][0][:K] == enc[idx[0]][0][:K] and len(enc[i][0]) > K for i in idx)
+    chat = [i for i, (p, _) in enumerate(items) if isinstance(p, list)]
+    assert any(K >= 8 and set(chat) <= set(idx) for K, idx in groups), "the chat prompts share their system prompt"
+    lm.min_prefix = 0
+    assert lm._prefix_groups([c for c, _ in enc]) == [(0, sorted(range(len(items)), key=lambda i: enc[i][0]))]
+
+
+def test_packing_fills_rows_and_respects_budgets(tiny_dir):
+    "Rows hold at most row_tokens (one longer item gets its own row); a batch pads to at most batch_tokens."
+    lm = LocalLM(str(tiny_dir), dtype='fp32', row_tokens=96, batch_tokens=400)
+    items = wvs_items(12) + [("word " * 150, [" a", " b"])]
+    enc = encoded(lm, items)
+    size = lambda row: sum(K + sum(len(enc[i][0]) - K + sum(len(o) - 1 for o in enc[i][1]) for i in idx) for K, idx in row)
+    batches = lm._pack(enc)
+    seen = sorted(i for b in batches for row in b for _, idx in row for i in idx)
+    assert seen == list(range(len(items))), "every item scored exactly once"
+    for b in batches:
+        for row in b:
+            assert size(row) <= 96 or (len(row) == 1 and len(row[0][1]) == 1), "only a lone too-long item overfills a row"
+        assert len(b) * max(map(size, b)) <= 400 or len(b) == 1
+    long_rows = [[len(idx) for _, idx in row] for b in batches for row in b if any(len(items) - 1 in idx for _, idx in row)]
+    assert long_rows == [[1]], "the 300-token item sits alone in its row"
+
+
+def test_option_merging_with_prompt_still_scores(tiny_dir):
+    "An option whose first characters merge with the prompt's last token ('Q' + 'A' -> 'QA') is scored on its own tokens."
+    lm = LocalLM(str(tiny_dir), dtype='fp32')
+    (s,) = lm.score_options([("Q", ["A", "B"])])
+    assert all(n >= 1 for n in s.n_tokens)
+    np.testing.assert_allclose(s.logprob, naive_option_logprobs(lm, "Q", ["A", "B"]), atol=2e-4)
 
 
 def test_cache_second_run_calls_no_model(tiny_dir, tmp_path):
