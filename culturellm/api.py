@@ -18,7 +18,7 @@ from .llm import Backend, CallCache, Capabilities, OptionScores, cached_map, che
 # %% auto #0
 __all__ = ['LOCAL_HOSTS', 'OPENAI_URL', 'CHOICE_INSTRUCTION', 'PROBE_PROMPT', 'OpenAILMError', 'MalformedReply', 'is_transient',
            'describe_error', 'retry_after', 'backoff_delay', 'call_with_retries', 'ScriptedServer', 'OpenAILM',
-           'parse_choice', 'ChoiceScores', 'choice_scores']
+           'parse_choice', 'ChoiceScores', 'choice_scores', 'make_backend']
 
 # %% ../nbs/00b_api.ipynb #c007
 class OpenAILMError(RuntimeError):
@@ -465,3 +465,16 @@ def embed(self:OpenAILM, texts:list, batch_size:int=64) -> np.ndarray:
     texts, out = list(texts), []
     for k in range(0, len(texts), batch_size): out += cached_map(self.cache, ident, 'embed', {}, texts[k:k + batch_size], compute)
     return np.array(out, dtype=np.float32).reshape(len(out), -1)
+
+# %% ../nbs/00b_api.ipynb #917b8795
+def make_backend(model:str|None=None,       # model name, HF id or folder; the API's model name with `base_url`
+                 base_url:str|None=None,    # an OpenAI-compatible server; None: a local model
+                 cache:CallCache|None=None, # the call cache
+                 **kw,                      # passed on to `OpenAILM` or `LocalLM`
+                ) -> Backend:
+    "The backend for a (model, base_url) pair from a configuration: `OpenAILM` with a URL, else `LocalLM`."
+    from culturellm.llm import LocalLM, DEFAULT_LM
+    if base_url:
+        if not model: raise ValueError(f"base_url {base_url}: name the server's model too")
+        return OpenAILM(model, base_url=base_url, cache=cache, **kw)
+    return LocalLM(model or DEFAULT_LM, cache=cache, **kw)

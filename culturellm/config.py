@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['ANSWER_RULES', 'PROMPT_STYLES', 'WVS_SOURCES', 'PROFILE_NAMES', 'PROFILES', 'DATA_HELP', 'ConfigError', 'SeedsConfig',
-           'Config', 'from_dict', 'parse_sets', 'get_config', 'config_to_dict', 'load_config', 'data_root',
-           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'write_jsonl', 'read_jsonl', 'sha256_bytes',
-           'sha256_file', 'sha256_json']
+__all__ = ['ANSWER_RULES', 'PROMPT_STYLES', 'WVS_SOURCES', 'PROFILE_NAMES', 'AUGMENT_SOURCES', 'PROFILES', 'DATA_HELP',
+           'ConfigError', 'SeedsConfig', 'AugmentConfig', 'Config', 'from_dict', 'parse_sets', 'get_config',
+           'config_to_dict', 'load_config', 'data_root', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
+           'write_jsonl', 'read_jsonl', 'sha256_bytes', 'sha256_file', 'sha256_json']
 
 # %% ../nbs/08_config.ipynb #c007
 class ConfigError(ValueError):
@@ -37,6 +37,34 @@ class SeedsConfig:
     prompt_style: str = 'default'       # question prompt: `default` (corrected) or `compat` (the original's wording)
     _choices = dict(answer_rule=ANSWER_RULES, prompt_style=PROMPT_STYLES, source=WVS_SOURCES)
 
+AUGMENT_SOURCES = ('generate', 'original')
+
+@dataclass
+class AugmentConfig:
+    "Settings of the `augment` stage: two-step semantic data augmentation (see `01_augment`)."
+    source: str = 'generate'            # `generate` a new set, or load the `original` release's set (`original_file`)
+    original_file: str = 'new_WVQ_500.jsonl'   # the released set to load or compare with, under <data root>/culturellm
+    model: str = 'smollm2-135m-instruct'       # generator: a model name, HF id or folder; the API's model name with `base_url`
+    base_url: typing.Optional[str] = None      # an OpenAI-compatible server for the generator; None: a local model
+    questions: int = 0                  # seed questions to augment, from the first; 0: all 50
+    n: int = 5                          # step 1: rewrites kept per seed
+    m: int = 10                         # step 2: variants kept per seed in total
+    threshold: float = 0.8              # least cosine similarity to the seed (step 1) or the parent sentence (step 2)
+    dup: float = 0.95                   # cosine at or above which two generated questions are near duplicates
+    temperature: float = 0.7            # step-1 sampling temperature (slots and synonyms are greedy)
+    max_rounds: int = 4                 # step-1 calls per seed at most
+    synonyms: int = 5                   # step 2: synonyms asked for per slot
+    max_variants: int = 40              # step 2: variants tried per parent sentence
+    max_tokens: int = 256               # step-1 reply length in tokens
+    embedder: str = 'all-MiniLM-L6-v2'  # sentence-transformers model of the similarity filter
+    judge_model: typing.Optional[str] = None   # the semantic-equivalence judge; None: the generator
+    judge_base_url: typing.Optional[str] = None
+    judge_sample: int = 100             # (seed, generated) pairs the judge rates, for ours and for the original set
+    _choices = dict(source=AUGMENT_SOURCES)
+    _ranges = dict(n=(1, None), m=(1, None), threshold=(0.0, 1.0), dup=(0.0, 1.0), temperature=(0.0, None),
+                   max_rounds=(1, None), synonyms=(1, None), max_variants=(1, None), max_tokens=(1, None),
+                   questions=(0, None), judge_sample=(0, None))
+
 @dataclass
 class Config:
     "The whole study configuration; `profile` names the preset it was built from."
@@ -46,13 +74,18 @@ class Config:
     data_root: typing.Optional[str] = None     # folder holding `culturellm/` and `global-gallery/` data; default $CULTURELLM_DATA
     cultures_file: typing.Optional[str] = None # YAML/JSON file that adds or overrides cultures
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     _choices = dict(profile=PROFILE_NAMES)
 
 # %% ../nbs/08_config.ipynb #c011
 PROFILES = {
-    'smoke': {'cultures': ['arabic', 'english']},
-    'cpu':   {'cultures': ['arabic', 'chinese', 'english', 'german']},
-    'paper': {'cultures': ['all'], 'seeds': {'source': 'microdata'}},
+    'smoke': {'cultures': ['arabic', 'english'],
+              'augment': {'questions': 2, 'n': 2, 'm': 3, 'max_rounds': 2, 'synonyms': 3, 'max_variants': 12,
+                          'max_tokens': 120, 'judge_sample': 6}},
+    'cpu':   {'cultures': ['arabic', 'chinese', 'english', 'german'],
+              'augment': {'max_rounds': 2, 'max_tokens': 200}},
+    'paper': {'cultures': ['all'], 'seeds': {'source': 'microdata'},
+              'augment': {'model': 'Qwen/Qwen2.5-7B-Instruct'}},
 }
 
 # %% ../nbs/08_config.ipynb #c013
@@ -98,6 +131,9 @@ def from_dict(cls, d:dict, prefix:str=''):
             choices = getattr(cls, '_choices', {}).get(name)
             if choices and v not in choices:
                 raise ConfigError(f"config key {key!r}: expected one of {', '.join(choices)}, got {v!r}")
+            lo, hi = getattr(cls, '_ranges', {}).get(name, (None, None))
+            if v is not None and ((lo is not None and v < lo) or (hi is not None and v > hi)):
+                raise ConfigError(f"config key {key!r}: expected a value " + (f"from {lo} to {hi}" if hi is not None else f"of at least {lo}") + f", got {v!r}")
             kw[name] = v
     return cls(**kw)
 

@@ -17,7 +17,7 @@ from .config import atomic_write_json, atomic_write_text, sha256_file, sha256_js
 __all__ = ['NORMALISATIONS', 'Prompt', 'DEFAULT_LM', 'DEFAULT_EMBEDDER', 'cpu_has_bf16', 'pick_device', 'pick_dtype',
            'default_cache_dir', 'CallCache', 'cached_map', 'record_usage', 'OptionScores', 'Capabilities', 'Backend',
            'smollm2_gguf', 'convert_gguf', 'resolve_model', 'tiny_model', 'LocalLM', 'check_item', 'score_options',
-           'naive_option_logprobs', 'generate', 'embedder_path', 'embed', 'load_adapter', 'set_adapter',
+           'naive_option_logprobs', 'generate', 'embedder_path', 'embed', 'Embedder', 'load_adapter', 'set_adapter',
            'unload_adapter']
 
 # %% ../nbs/00a_llm.ipynb #c007
@@ -500,6 +500,17 @@ def embed(self, texts:list, batch_size:int=64) -> np.ndarray:
     return np.array(cached_map(self.cache, ident, 'embed', {}, list(texts), compute), dtype=np.float32)
 
 LocalLM.embed = embed
+
+class Embedder(Backend):
+    "Sentence embeddings alone (no language model loaded): the similarity filter's and diversity measures' backend."
+    def __init__(self, name:str=DEFAULT_EMBEDDER,   # sentence-transformers model name or folder
+                 device:str|None=None,              # default: the best available
+                 cache:CallCache|None=None):        # the call cache; None disables caching
+        self.embedder_name, self.device, self.cache, self._embedder = name, pick_device(device), cache, None
+        self.capabilities = Capabilities(generate=False, chat=False, score_options=None, embed=True)
+    def identity(self) -> dict: return {'backend': 'sentence-transformers', 'model': self.embedder_name}
+
+Embedder.embed = embed
 
 # %% ../nbs/00a_llm.ipynb #c041
 def load_adapter(self, path:str|Path, name:str|None=None) -> str:

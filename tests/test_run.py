@@ -69,13 +69,25 @@ def test_smoke_run_folder(smoke_run):
     assert images == 3, f"the executed notebook shows its figures ({images} found)"
 
 
+def test_augment_stage_runs(smoke_run):
+    "The augment stage runs once for all cultures and writes the set, every candidate, its quality table and figures."
+    out, r, _ = smoke_run
+    m = json.loads((out / 'manifest.json').read_text())
+    assert m['stages']['augment/all']['status'] == 'ok', m['stages']['augment/all']
+    recs = [json.loads(l) for l in (out / 'data' / 'augment_step2.jsonl').read_text().splitlines()]
+    final = [json.loads(l) for l in (out / 'data' / 'augmented.jsonl').read_text().splitlines()]
+    assert recs and final == [x for x in recs if x['status'] == 'kept']
+    assert (out / 'results' / 'augment_quality.csv').exists() and (out / 'figures' / 'augment_similarity.png').exists()
+    assert m['stages']['augment/all']['usage']['calls']['misses'] + m['stages']['augment/all']['usage']['calls']['hits'] > 0
+
+
 def test_unbuilt_stages_are_reported(smoke_run):
     "Stages whose notebook does not exist yet are listed as missing, not silently skipped."
     out, r, _ = smoke_run
     m = json.loads((out / 'manifest.json').read_text())
-    assert m['stages']['augment/all']['status'] == 'missing'
-    assert 'missing  augment' in r.stdout and '01_augment.ipynb does not exist yet' in r.stdout
-    r2 = cli('run', '--profile', 'smoke', '--out', str(out), '--stages', 'augment')
+    assert m['stages']['finetune/arabic']['status'] == 'missing'
+    assert 'missing  finetune' in r.stdout and '02_finetune.ipynb does not exist yet' in r.stdout
+    r2 = cli('run', '--profile', 'smoke', '--out', str(out), '--stages', 'finetune')
     assert r2.returncode == 2, "asking for a stage that is not built is an error"
 
 

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 bash tools/setup-env.sh
 source .venv/bin/activate
 export MPLBACKEND=Agg
+# the study data: $CULTURELLM_DATA, else ../shared/data beside the checkout where it exists (notebooks read it too)
+if [ -z "${CULTURELLM_DATA:-}" ] && [ -d ../shared/data/culturellm ]; then export CULTURELLM_DATA="$(cd ../shared/data && pwd)"; fi
 
 fingerprint() { find "$@" -type f \( -name '*.ipynb' -o -name '*.py' \) -not -path '*/.ipynb_checkpoints/*' -print0 | sort -z | xargs -0 sha256sum; }
 
