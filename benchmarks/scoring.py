@@ -155,6 +155,7 @@ def token_counts(lm, items) -> dict:
     but the last); unique: what ours must feed after running prompt prefixes shared across items once (`min_prefix`);
     computed: what our packed batches feed, padding included; head_positions: where the LM head runs (one per prompt, one per
     option token but the last); naive_pairs: what feeding every (prompt, option) pair whole costs."""
+    from culturellm.llm import packed_tokens
     enc = []
     for p, os_, _ in items:
         pairs = [lm._encode_pair(p, o) for o in os_]; enc.append((pairs[0][0], [t for _, t in pairs]))
@@ -163,7 +164,7 @@ def token_counts(lm, items) -> dict:
     groups = lm._prefix_groups([c for c, _ in enc])
     unique = fed_opt + sum(K + sum(len(enc[i][0]) - K for i in idx) for K, idx in groups)
     batches = lm._pack(enc)
-    size = lambda row: sum(K + sum(len(enc[i][0]) - K + sum(len(o) - 1 for o in enc[i][1]) for i in idx) for K, idx in row)
+    size = lambda row: packed_tokens(enc, row)
     padded = sum(len(b) * max(map(size, b)) for b in batches)       # each batch pads its rows to its longest
     nb, ng = len(batches), sum(K > 0 for K, _ in groups)
     naive = sum(len(c) + len(t) - 1 for c, os_ in enc for t in os_)

@@ -271,7 +271,8 @@ def near_dup_rate(vecs:np.ndarray, groups:list, dup:float=0.95) -> float:
 def set_quality(recs:list,              # generated records (q_id, text, ...)
                 questions:list,         # the seeds
                 emb,                    # embedding backend
-                dup:float=0.95,
+                dup:float=0.95,         # near-duplicate cosine
+                threshold:float=0.8,    # the filter's threshold: the share below it is reported
                ) -> dict:
     "Size, per-seed coverage, similarity to the seed, near-duplicate rate, distinct-1/2 and lower-case starts of a generated set."
     if not recs: return dict(records=0)
@@ -281,7 +282,7 @@ def set_quality(recs:list,              # generated records (q_id, text, ...)
     sims = (v * sv).sum(1)
     per = pd.Series([r['q_id'] for r in recs]).value_counts()
     return dict(records=len(recs), seeds=int(per.size), per_seed_min=int(per.min()), per_seed_max=int(per.max()),
-                sim_seed_mean=float(sims.mean()), sim_seed_min=float(sims.min()), below_threshold=float((sims < 0.8).mean()),
+                sim_seed_mean=float(sims.mean()), sim_seed_min=float(sims.min()), below_threshold=float((sims < threshold).mean()),
                 exact_dup=1 - len({(r['q_id'], norm_text(r['text'])) for r in recs}) / len(recs),
                 near_dup=near_dup_rate(v, [r['q_id'] for r in recs], dup),
                 distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2),

@@ -16,9 +16,9 @@ from .config import atomic_write_json, atomic_write_text, sha256_file, sha256_js
 # %% auto #0
 __all__ = ['NORMALISATIONS', 'Prompt', 'DEFAULT_LM', 'DEFAULT_EMBEDDER', 'cpu_has_bf16', 'pick_device', 'pick_dtype',
            'default_cache_dir', 'CallCache', 'cached_map', 'record_usage', 'OptionScores', 'Capabilities', 'Backend',
-           'smollm2_gguf', 'convert_gguf', 'resolve_model', 'tiny_model', 'LocalLM', 'check_item', 'score_options',
-           'naive_option_logprobs', 'generate', 'embedder_path', 'embed', 'Embedder', 'load_adapter', 'set_adapter',
-           'unload_adapter']
+           'smollm2_gguf', 'convert_gguf', 'resolve_model', 'tiny_model', 'LocalLM', 'check_item', 'packed_tokens',
+           'score_options', 'naive_option_logprobs', 'generate', 'embedder_path', 'embed', 'Embedder', 'load_adapter',
+           'set_adapter', 'unload_adapter']
 
 # %% ../nbs/00a_llm.ipynb #c007
 def cpu_has_bf16() -> bool:
@@ -314,10 +314,14 @@ def _prefix_groups(self, ctxs:list) -> list:
     if cur: close()
     return groups + ([(0, alone)] if alone else [])
 
+def packed_tokens(enc:list, row:list) -> int:
+    "Tokens a packed row feeds: each unit's prefix once, then its items' prompt suffixes and option tokens but the last."
+    return sum(K + sum(len(enc[i][0]) - K + sum(len(o) - 1 for o in enc[i][1]) for i in idx) for K, idx in row)
+
 def _pack(self, enc:list) -> list:
     "Batches of rows of units (prefix length, [item indices]) from (prompt tokens, [option tokens]) pairs: best-fit packing."
     import bisect
-    size = lambda i, K: len(enc[i][0]) - K + sum(len(o) - 1 for o in enc[i][1])   # an item's tokens after the prefix
+    size = lambda i, K: packed_tokens(enc, [(K, [i])]) - K                     # an item's tokens after the prefix
     units = []
     for K, idx in self._prefix_groups([c for c, _ in enc]):
         if not K: units += [(size(i, 0), 0, [i]) for i in idx]; continue
@@ -346,7 +350,7 @@ def _score_packed(self, enc:list, batch:list) -> dict:
     "{item index: [summed option log-probs]} for one batch of packed rows: one forward pass, no second pass."
     import torch
     dev, pad = self.device, self.tok.pad_token_id
-    T = max(sum(K + sum(len(enc[i][0]) - K + sum(len(o) - 1 for o in enc[i][1]) for i in idx) for K, idx in row) for row in batch)
+    T = max(packed_tokens(enc, row) for row in batch)
     B = len(batch)
     ids = torch.full((B, T), pad, dtype=torch.long); pos = torch.zeros((B, T), dtype=torch.long)
     meta = torch.full((3, B, T), -1, dtype=torch.long)                   # unit, item, option of every token (-1: none)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from culturellm.llm import CallCache, LocalLM, naive_option_logprobs, tiny_model
+from culturellm.llm import CallCache, LocalLM, naive_option_logprobs, packed_tokens, tiny_model
 from culturellm.seeds import CULTURES, load_questions, question_prompt, system_prompt
 
 
@@ -63,7 +63,7 @@ def test_packing_fills_rows_and_respects_budgets(tiny_dir):
     lm = LocalLM(str(tiny_dir), dtype='fp32', row_tokens=96, batch_tokens=400)
     items = wvs_items(12) + [("word " * 150, [" a", " b"])]
     enc = encoded(lm, items)
-    size = lambda row: sum(K + sum(len(enc[i][0]) - K + sum(len(o) - 1 for o in enc[i][1]) for i in idx) for K, idx in row)
+    size = lambda row: packed_tokens(enc, row)
     batches = lm._pack(enc)
     seen = sorted(i for b in batches for row in b for _, idx in row for i in idx)
     assert seen == list(range(len(items))), "every item scored exactly once"
