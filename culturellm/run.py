@@ -19,7 +19,7 @@ from .config import (Config, ConfigError, get_config, parse_sets, config_to_dict
                                atomic_write_json, sha256_file, sha256_json, PROFILE_NAMES, ANSWER_RULES)
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_NAMES', 'MANIFEST_PACKAGES', 'Stage', 'select_stages', 'find_nbs', 'code_fingerprint',
+__all__ = ['STAGES', 'STAGE_NAMES', 'MANIFEST_PACKAGES', 'Stage', 'select_stages', 'stage_tasks', 'find_nbs', 'code_fingerprint',
            'data_fingerprint', 'package_versions', 'git_revision', 'Task', 'notebook_error', 'execute_task',
            'run_study', 'summarise', 'main']
 
@@ -30,9 +30,10 @@ class Stage:
     name: str       # 'seeds'
     notebook: str   # '00_seeds.ipynb'
     per: str        # 'culture' or 'all'
+    extra: tuple = ()   # further tasks of a per-culture stage: 'one' (CultureLLM-One, trained on every culture's data)
 
 STAGES = [Stage('seeds', '00_seeds.ipynb', 'culture'), Stage('augment', '01_augment.ipynb', 'all'),
-          Stage('finetune', '02_finetune.ipynb', 'culture'), Stage('evaluate', '03_evaluate.ipynb', 'culture'),
+          Stage('finetune', '02_finetune.ipynb', 'culture', ('one',)), Stage('evaluate', '03_evaluate.ipynb', 'culture'),
           Stage('ablation', '04_ablation.ipynb', 'culture'), Stage('scaling', '05_scaling.ipynb', 'all'),
           Stage('gallery', '06_gallery.ipynb', 'all'), Stage('analysis', '07_analysis.ipynb', 'all')]
 STAGE_NAMES = [s.name for s in STAGES]
@@ -44,6 +45,12 @@ def select_stages(names) -> list:
     bad = [n for n in names if n not in STAGE_NAMES]
     if bad: raise ConfigError(f"unknown stage {bad[0]!r}; stages: {', '.join(STAGE_NAMES)}")
     return [s for s in STAGES if s.name in names]
+
+def stage_tasks(s:Stage, cultures:list, cfg:Config|None=None) -> list:
+    "The culture names a stage runs for: every culture (and its extras: 'one' unless `finetune.one` is off), or 'all'."
+    if s.per != 'culture': return ['all']
+    extra = [e for e in s.extra if not (e == 'one' and cfg is not None and not cfg.finetune.one)]
+    return list(cultures) + extra
 
 # %% ../nbs/09_run.ipynb #c010
 def find_nbs(nbs:str|Path|None=None) -> Path:
@@ -114,6 +121,8 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
     "Execute `task`'s notebook with papermill in a subprocess; {'status', 'seconds', 'error'}."
     dst = task.out_nb(out); dst.parent.mkdir(parents=True, exist_ok=True)
     (out / 'usage' / task.stage.name / f'{task.culture}.json').unlink(missing_ok=True)   # the stage writes a fresh one
+    (out / 'records' / task.stage.name / f'{task.culture}.json').unlink(missing_ok=True)  # likewise its summary record
+    if task.stage.name == 'finetune': (out / 'finetune' / 'openai' / f'{task.culture}.json').unlink(missing_ok=True)   # likewise its OpenAI job record
     log = dst.with_suffix('.log')
     cmd = [sys.executable, '-m', 'papermill', str(nbs / task.stage.notebook), str(dst), '--cwd', str(nbs),
            '-y', yaml.safe_dump(params), '--no-progress-bar', '--log-level', 'WARNING']
@@ -164,21 +173,21 @@ def run_study(cfg:Config,                    # the resolved configuration
                 'platform': platform.platform(), 'git': git_revision(), 'packages': package_versions(),
                 'profile': cfg.profile, 'seed': cfg.seed, 'cultures': cultures, 'data_root': str(root) if root else None,
                 'stages': dict(old), 'last_run': []}   # entries of stages not run this time are kept
-    tasks = [Task(s, c) for s in sel for c in (cultures if s.per == 'culture' else ['all'])]
+    tasks = [Task(s, c) for s in sel for c in stage_tasks(s, cultures, cfg)]
     bar = _bar(len(tasks), progress); t0 = time.time()
     def say(msg):
         if progress: (bar.write if bar else print)(msg)
     params = dict(profile=cfg.profile, run_dir=str(out), config_file=str(out / 'config.json'))
     for s in sel:
         todo = []
-        for c in (cultures if s.per == 'culture' else ['all']):
+        for c in stage_tasks(s, cultures, cfg):
             t = Task(s, c); nbp = nbs / s.notebook
             rec = {'stage': s.name, 'culture': c, 'notebook': str(t.out_nb(out).relative_to(out))}
             if not nbp.exists():
                 rec.update(status='missing', error=f"notebook {nbp.name} does not exist yet: stage {s.name!r} is not built")
             else:
                 ups = [u for u in manifest['stages'].values() if STAGE_NAMES.index(u['stage']) < STAGE_NAMES.index(s.name)
-                       and u['culture'] in ([c, 'all'] if c != 'all' else cultures + ['all'])]
+                       and u['culture'] in ([c, 'all', 'one'] if c not in ('all', 'one') else cultures + ['all', 'one'])]
                 failed_up = [u for u in ups if u['status'] in ('failed', 'blocked')]
                 inputs = dict(fp, notebook=sha256_file(nbp), culture=c, upstream=sorted(u['input_hash'] for u in ups if u.get('input_hash')))
                 rec.update(inputs=inputs, input_hash=sha256_json(inputs))
@@ -187,10 +196,11 @@ def run_study(cfg:Config,                    # the resolved configuration
                     rec.update(status='blocked', error=f"upstream {failed_up[0]['stage']}/{failed_up[0]['culture']} {failed_up[0]['status']}")
                 elif not force and prev and prev.get('status') == 'ok' and prev.get('input_hash') == rec['input_hash'] and t.out_nb(out).exists():
                     rec.update(status='ok', reused=True, seconds=prev.get('seconds'), finished=prev.get('finished'), usage=prev.get('usage'))
+                    rec.update({k: prev[k] for k in ('openai_ft', 'record') if k in prev})
                 else: todo.append((t, rec)); continue
             manifest['stages'][t.key] = rec; manifest['last_run'].append(t.key)
             if bar: bar.update(1)
-            if rec['status'] != 'missing' or c == (cultures if s.per == 'culture' else ['all'])[0]:
+            if rec['status'] != 'missing' or c == stage_tasks(s, cultures, cfg)[0]:
                 say(f"  {('reused' if rec.get('reused') else rec['status']):8s} {s.name} × {c if rec['status'] != 'missing' else '*'}"
                     + (f"  ({rec['error']})" if rec.get('error') else ''))
         with ThreadPoolExecutor(max(1, min(jobs, len(todo) or 1))) as ex:
@@ -202,6 +212,10 @@ def run_study(cfg:Config,                    # the resolved configuration
                 except Exception as e: res = {'status': 'failed', 'seconds': None, 'error': f"{type(e).__name__}: {e}"}
                 uf = out / 'usage' / s.name / f'{t.culture}.json'   # model calls the stage recorded (llm.record_usage)
                 if uf.exists(): res['usage'] = json.loads(uf.read_text())
+                of = out / 'finetune' / 'openai' / f'{t.culture}.json'   # the OpenAI fine-tuning job it recorded (openai_ft.record_finetune)
+                if s.name == 'finetune' and of.exists(): res['openai_ft'] = json.loads(of.read_text())
+                rf = out / 'records' / s.name / f'{t.culture}.json'   # the summary a stage records (counts, timings)
+                if rf.exists(): res['record'] = json.loads(rf.read_text())
                 rec.update(res, finished=_now()); manifest['stages'][t.key] = rec; manifest['last_run'].append(t.key)
                 manifest['updated'] = _now(); atomic_write_json(mpath, manifest)
                 if bar: bar.update(1)

@@ -147,3 +147,18 @@ def test_bad_items_are_one_line(tiny_dir):
         with pytest.raises(ValueError, match=msg) as e:
             lm.score_options(items)
         assert '\n' not in str(e.value)
+
+
+def test_batched_sampling_is_per_row(tiny_dir):
+    """A prompt's samples do not depend on its batch or its place in it; the n samples of a prompt differ; a
+    batch that pads (prompts of other lengths) gives the same draws up to float rounding, checked on the first tokens."""
+    lm = LocalLM(str(tiny_dir), dtype='fp32')
+    ps = ["Tell me", "Tell us", "Ask me", "Give me"]                   # the same token length: no padding in a batch
+    together = lm.generate(ps, n=2, temperature=1.0, max_tokens=6, seed=5, batch_size=8)
+    alone = [lm.generate([p], n=2, temperature=1.0, max_tokens=6, seed=5, batch_size=1)[0] for p in ps]
+    reversed_ = lm.generate(ps[::-1], n=2, temperature=1.0, max_tokens=6, seed=5, batch_size=3)[::-1]
+    assert together == alone == reversed_
+    assert any(a != b for a, b in together), "the samples of one prompt come from different generators"
+    mixed = lm.generate(["Tell me", "A much longer prompt than the others, padded on the left"], temperature=1.0,
+                        max_tokens=3, seed=5, batch_size=2)
+    assert mixed[0] == lm.generate(["Tell me"], temperature=1.0, max_tokens=3, seed=5, batch_size=1)[0]

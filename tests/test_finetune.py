@@ -1,0 +1,116 @@
+"""Fine-tuning: the packed batches train on the answer tokens only and give TRL's own loss, a tiny model learns a
+few samples, a killed run resumes to the same adapter, finished adapters are reused, and the training sets nest."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from culturellm.config import get_config, read_jsonl
+from culturellm.finetune import (PackedCollator, _trainer_class, agreement, answer_suffix, culture_samples, load_base,
+                                 nested_subset, one_samples, split_holdout, train_device, train_lora, variant_questions,
+                                 write_sets)
+from culturellm.llm import LocalLM
+from culturellm.seeds import CULTURES, culture_answers, load_questions, validate_chat_record, wvs_counts
+
+QS = load_questions()
+
+
+def samples(culture='korean', extra=()):
+    C = CULTURES[culture]
+    return culture_samples([(q, q.text, 'seed') for q in QS] + list(extra), C, culture_answers(C, wvs_counts(C)))[0]
+
+
+def smoke(**kw):
+    F = get_config('smoke').finetune
+    for k, v in kw.items(): setattr(F, k, v)
+    return F
+
+
+def test_packed_loss_is_trls_completion_only_loss():
+    "On the same batch, the packed batch's loss equals TRL's completion-only loss and its targets are exactly the answer tokens."
+    from datasets import Dataset
+    from peft import LoraConfig
+    F = smoke(dropout=0.0, precision='fp32')
+    dev = train_device('fp32')
+    model, tok, _ = load_base('tiny-random', dev)
+    recs = samples()[:6]
+    ds = Dataset.from_list([{'prompt': r['messages'][:2], 'completion': r['messages'][2:]} for r in recs])
+    from culturellm.finetune import _sft_args
+    tr = _trainer_class()(model=model, args=_sft_args(F, Path('/tmp/unused-ck'), dev, 0, False), train_dataset=ds,
+                          processing_class=tok, peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type='CAUSAL_LM'))
+    ex = [tr.train_dataset[i] for i in range(len(recs))]
+    trl_batch = tr.data_collator(ex)
+    ours = PackedCollator(tok.pad_token_id, 128)(ex)
+    answer = [t for e in ex for t in e['labels'] if t != -100]
+    assert sorted(ours['targets'].tolist()) == sorted(answer)
+    assert all(len([t for t in e['labels'] if t != -100]) == 3 for e in ex)          # '2<|im_end|>\n'
+    assert ours['input_ids'].numel() < trl_batch['input_ids'].numel()
+    tr.model.eval()
+    with torch.no_grad():
+        a = tr.compute_loss(tr.model, {k: v for k, v in trl_batch.items()})
+        b = tr.compute_loss(tr.model, dict(ours))
+    assert abs(float(a) - float(b)) < 1e-4, (float(a), float(b))
+
+
+def test_small_model_learns_its_samples(tmp_path):
+    """SmolLM2-135M tuned on 4 samples: the loss falls tenfold and it then answers all 4 as trained. (The tiny random
+    model cannot: its tied 64-wide embeddings bound every logit near zero, so no adapter can make it confident.)"""
+    recs = samples()[:4]
+    F = smoke(model='smollm2-135m-instruct', r=8, alpha=16, lr=2e-3, max_steps=20, dropout=0.0, scheduler='constant',
+              warmup_ratio=0.0, save_steps=100)
+    info = train_lora(F, recs, tmp_path / 'ad', seed=0)
+    L = [x['loss'] for x in info['losses']]
+    assert L[-1] < 0.1 * L[0], L
+    lm = LocalLM(dtype=info['device']['dtype'].replace('bfloat16', 'bf16').replace('float32', 'fp32'))
+    C = CULTURES['korean']; ans = culture_answers(C, wvs_counts(C))
+    rows = [(q, q.text, 'seed') for q in QS if q.id in {r['q_id'] for r in recs}]
+    before = agreement(lm, rows, C, ans, 'base', answer_suffix(lm.tok))
+    lm.load_adapter(tmp_path / 'ad', 'k')
+    after = agreement(lm, rows, C, ans, 'tuned', answer_suffix(lm.tok))
+    assert after['agree'].tolist() == [1, 1, 1, 1], (before, after)
+
+
+class Crash(Exception): pass
+
+
+def test_resume_gives_the_same_adapter(tmp_path):
+    "Killed after step 4 with a checkpoint at step 3, the rerun resumes and ends with the uninterrupted run's adapter."
+    from transformers import TrainerCallback
+    from safetensors.torch import load_file
+    recs = samples()[:24]
+    F = smoke(max_steps=6, save_steps=3, dropout=0.1, precision='fp32')
+    whole = train_lora(F, recs, tmp_path / 'whole', seed=3)
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 4: raise Crash()
+    with pytest.raises(Crash): train_lora(F, recs, tmp_path / 'killed', seed=3, callbacks=[Kill()])
+    assert not (tmp_path / 'killed').exists(), "nothing half-written"
+    again = train_lora(F, recs, tmp_path / 'killed', seed=3)
+    assert again['resumed'] and not whole['resumed'] and again['steps'] == 6
+    a, b = (load_file(tmp_path / d / 'adapter_model.safetensors') for d in ('whole', 'killed'))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert [x['loss'] for x in again['losses']][-2:] == pytest.approx([x['loss'] for x in whole['losses']][-2:], abs=1e-5)
+    assert train_lora(F, recs, tmp_path / 'whole', seed=3)['reused'], "a finished adapter is reused"
+
+
+def test_training_sets(tmp_path):
+    "Variants nest, One is the union with each culture's system prompt, and both files are valid."
+    aug = [dict(q_id=q.id, text=f'{q.text[:-1]}, in your view{q.text[-1]}', step=1) for q in QS[:10]]
+    aug2 = [dict(q_id=q.id, text=f'Tell me: {q.text}', step=2) for q in QS[:30]]
+    tr_a, _ = split_holdout(aug, 0.2); tr_b, held = split_holdout(aug2, 0.2)
+    sets = {v: variant_questions(QS, {'a': tr_a, 'b': tr_b}, v) for v in ('wvs', 'wvs_a', 'wvs_ab')}
+    assert len(sets['wvs']) == 50 and len(sets['wvs_a']) == 50 + len(tr_a) and len(sets['wvs_ab']) == 50 + len(tr_a) + len(tr_b)
+    assert {t for _, t, _ in sets['wvs_a']} <= {t for _, t, _ in sets['wvs_ab']}
+    assert not {r['text'] for r in held} & {t for _, t, _ in sets['wvs_ab']}, "held-out questions never train"
+    per = {c: culture_samples(sets['wvs_ab'], CULTURES[c], culture_answers(CULTURES[c], wvs_counts(CULTURES[c])))[0]
+           for c in ('arabic', 'chinese')}
+    one = one_samples(per)
+    assert len(one) == sum(map(len, per.values()))
+    assert {r['messages'][0]['content'] for r in one} == {CULTURES['arabic'].system_prompt, CULTURES['chinese'].system_prompt}
+    paths = write_sets(tmp_path, 'one', 'wvs_ab', one)
+    for i, r in enumerate(read_jsonl(paths['chat'])): validate_chat_record(r, f'record {i}')
+    trl = read_jsonl(paths['trl'])
+    assert len(trl) == len(one) and trl[0]['completion'][0]['role'] == 'assistant' and len(trl[0]['prompt']) == 2
+    assert len(nested_subset(aug2, 7)) == 7 and nested_subset(aug2, 0) == aug2
