@@ -13,11 +13,11 @@ import yaml
 
 # %% auto #0
 __all__ = ['ANSWER_RULES', 'PROMPT_STYLES', 'WVS_SOURCES', 'PROFILE_NAMES', 'AUGMENT_SOURCES', 'FINETUNE_BACKENDS',
-           'FINETUNE_VARIANTS', 'COLLATORS', 'PRECISIONS', 'QUANTIZATIONS', 'ALL_LINEAR', 'LORA_PRESETS', 'PROFILES',
-           'DATA_HELP', 'ConfigError', 'SeedsConfig', 'AugmentConfig', 'FinetuneConfig', 'Config', 'from_dict',
-           'parse_sets', 'get_config', 'config_to_dict', 'load_config', 'data_root', 'atomic_write_bytes',
-           'atomic_write_text', 'atomic_write_json', 'write_jsonl', 'read_jsonl', 'sha256_bytes', 'sha256_file',
-           'sha256_json']
+           'FINETUNE_VARIANTS', 'COLLATORS', 'PRECISIONS', 'QUANTIZATIONS', 'ALL_LINEAR', 'SCORINGS', 'GALLERY_NORMS',
+           'LORA_PRESETS', 'PROFILES', 'DATA_HELP', 'ConfigError', 'SeedsConfig', 'AugmentConfig', 'FinetuneConfig',
+           'EvaluateConfig', 'GalleryConfig', 'Config', 'from_dict', 'parse_sets', 'get_config', 'config_to_dict',
+           'load_config', 'data_root', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'write_jsonl',
+           'read_jsonl', 'sha256_bytes', 'sha256_file', 'sha256_json']
 
 # %% ../nbs/08_config.ipynb #c007
 class ConfigError(ValueError):
@@ -106,12 +106,51 @@ class FinetuneConfig:
     checkpointing: bool = False         # activation checkpointing: less memory for a third more compute (TRL's default is on)
     save_steps: int = 50                # checkpoint every this many steps (a killed run resumes from the last)
     eval_items: int = 200               # held-out questions scored before and after tuning per culture; 0: all
+    poll_seconds: float = 30.0          # `openai`: seconds between polls of a fine-tuning job
     _choices = dict(backend=FINETUNE_BACKENDS, variant=FINETUNE_VARIANTS, collator=COLLATORS, precision=PRECISIONS,
                     quantize=QUANTIZATIONS)
     _ranges = dict(augmented=(0, None), holdout=(0.0, 0.9), r=(1, None), alpha=(1, None), dropout=(0.0, 1.0), lr=(0.0, None),
                    epochs=(0.0, None), max_steps=(0, None), batch_size=(1, None), grad_accum=(1, None), warmup_ratio=(0.0, 0.99),
-                   weight_decay=(0.0, None), max_grad_norm=(0.0, None), row_tokens=(16, None), save_steps=(1, None),
+                   weight_decay=(0.0, None), max_grad_norm=(0.0, None), row_tokens=(16, None), save_steps=(1, None), poll_seconds=(0.0, None),
                    eval_items=(0, None))
+
+SCORINGS = ('logprobs', 'generate', 'compat')
+
+@dataclass
+class EvaluateConfig:
+    "Settings of the `evaluate` stage: the downstream tasks and WVS alignment (see `03_evaluate`)."
+    scoring: str = 'logprobs'           # logprobs (option log-probabilities, deterministic), generate (greedy, strict parser) or compat (greedy, the original's parser)
+    max_items: int = 0                  # items per task at most (a stratified, seeded sample); 0: all
+    max_text_chars: int = 0             # texts cut to this many characters (counted and flagged); 0: never
+    tasks: list = field(default_factory=list)   # task keys (or culture:task) to evaluate; empty: every task of the culture
+    models: list = field(default_factory=lambda: ['base', 'culture', 'one'])  # the run's models: base, culture (its tuned model), one (CultureLLM-One)
+    context: bool = True                # also the base model with the culture's background paragraph (the paper's prompt baseline)
+    extra_models: list = field(default_factory=list)  # further models: HF ids or folders, or API model names served at extra_base_url
+    extra_base_url: typing.Optional[str] = None  # OpenAI-compatible server of the extra models; None: they are local
+    max_tokens: int = 16                # reply length for generate and compat
+    n_boot: int = 2000                  # bootstrap resamples of every interval
+    wvs: bool = True                    # WVS alignment: seed questions, held-out paraphrases, similarity to every country
+    heldout_topic: typing.Optional[str] = None  # a WVS topic left out of an extra adapter's training, then asked; None: not run
+    _choices = dict(scoring=SCORINGS)
+    _ranges = dict(max_items=(0, None), max_text_chars=(0, None), max_tokens=(1, None), n_boot=(100, None))
+
+GALLERY_NORMS = ('token', 'none', 'char', 'byte')
+
+@dataclass
+class GalleryConfig:
+    "Settings of the `gallery` stage: Global Gallery's GeoMLaMA and CAMeL evaluations (see `06_gallery`)."
+    model: str = 'smollm2-135m-instruct'  # the model scored: a name, HF id or folder; the API's model name with `base_url`
+    base_url: typing.Optional[str] = None # an OpenAI-compatible server for the model; None: a local model
+    languages: list = field(default_factory=lambda: ['en', 'zh', 'hi', 'fa', 'sw', 'el'])   # GeoMLaMA languages (questions and prompt)
+    settings: list = field(default_factory=lambda: ['geomlama', 'camel1', 'camel2', 'camel3', 'camel4', 'camel5'])  # the parts to run
+    max_questions: int = 0              # GeoMLaMA questions per language, from the first; 0: all 25
+    camel_templates: int = 0            # CAMeL templates per category, from the first; 0: all 10
+    camel_samples: int = 50             # CAMeL option sets drawn per (country, category, template) in each setting (the original: 50)
+    norm: str = 'token'                 # option score: token (CAPPr's mean token log-prob, the original's), none (sum), char, byte
+    seed: typing.Optional[int] = None   # seed of the option shuffles and CAMeL draws; None: the study seed
+    n_boot: int = 2000                  # bootstrap resamples of every interval
+    _choices = dict(norm=GALLERY_NORMS)
+    _ranges = dict(max_questions=(0, None), camel_templates=(0, None), camel_samples=(1, None), n_boot=(100, None))
 
 @dataclass
 class Config:
@@ -124,6 +163,8 @@ class Config:
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    gallery: GalleryConfig = field(default_factory=GalleryConfig)
     _choices = dict(profile=PROFILE_NAMES)
 
 # %% ../nbs/08_config.ipynb #c011
@@ -137,12 +178,19 @@ PROFILES = {
     'smoke': {'cultures': ['arabic', 'english'],
               'augment': {'questions': 2, 'n': 2, 'm': 3, 'max_rounds': 2, 'synonyms': 3, 'max_variants': 12,
                           'max_tokens': 120, 'judge_sample': 6},
-              'finetune': {'model': 'tiny-random', 'max_steps': 4, 'batch_size': 4, 'r': 4, 'alpha': 8, 'save_steps': 2, 'eval_items': 8}},
+              'finetune': {'model': 'tiny-random', 'max_steps': 4, 'batch_size': 4, 'r': 4, 'alpha': 8, 'save_steps': 2, 'eval_items': 8},
+              'evaluate': {'max_items': 6, 'n_boot': 200},
+              'gallery': {'model': 'tiny-random', 'languages': ['en', 'el'], 'max_questions': 3, 'camel_templates': 1,
+                          'camel_samples': 1, 'n_boot': 200}},
     'cpu':   {'cultures': ['arabic', 'chinese', 'english', 'german'],
-              'augment': {'max_rounds': 2, 'max_tokens': 200}},
+              'augment': {'max_rounds': 2, 'max_tokens': 200},
+              'evaluate': {'max_items': 40, 'max_text_chars': 500, 'n_boot': 1000},
+              'gallery': {'languages': ['en', 'zh'], 'camel_templates': 2, 'camel_samples': 1, 'n_boot': 1000}},
     'paper': {'cultures': ['all'], 'seeds': {'source': 'microdata'},
               'augment': {'model': 'Qwen/Qwen2.5-7B-Instruct'},
-              'finetune': {'model': 'Qwen/Qwen2.5-7B-Instruct', 'preset': 'culturellm-llama', 'save_steps': 200, 'eval_items': 0}},
+              'finetune': {'model': 'Qwen/Qwen2.5-7B-Instruct', 'preset': 'culturellm-llama', 'save_steps': 200, 'eval_items': 0},
+              'evaluate': {'heldout_topic': 'SOCIAL VALUES'},
+              'gallery': {'model': 'Qwen/Qwen2.5-7B-Instruct'}},
 }
 
 # %% ../nbs/08_config.ipynb #c013

@@ -171,8 +171,11 @@ def _sft_args(F, out:Path, dev:dict, seed:int, progress:bool, max_steps:int|None
                      max_length=None, dataset_num_proc=None, remove_unused_columns=True, activation_checkpointing=F.checkpointing,
                      model_init_kwargs=None)
 
-def load_base(model:str, dev:dict):
-    "(model, tokenizer) for training: the packaged default resolved, 4-bit NF4 where `dev` says so, else `dev`'s dtype."
+def load_base(model:str,                # a model name, HF id or folder
+              dev:dict,                 # from `train_device`
+              checkpointing:bool=False, # activation checkpointing (4-bit models are prepared with it or without)
+             ):
+    "(model, tokenizer, identity) for training: the packaged default resolved, 4-bit NF4 where `dev` says so, else `dev`'s dtype."
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from culturellm.llm import resolve_model
@@ -187,7 +190,7 @@ def load_base(model:str, dev:dict):
     m = AutoModelForCausalLM.from_pretrained(path, **kw)
     if dev['quantize_4bit']:
         from peft import prepare_model_for_kbit_training
-        m = prepare_model_for_kbit_training(m)
+        m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=checkpointing)
     return m, tok, ident
 
 def train_lora(F,                       # a `FinetuneConfig`
@@ -216,7 +219,7 @@ def train_lora(F,                       # a `FinetuneConfig`
         if info.get('key') == key: return dict(info, reused=True)
     dev = train_device(F.precision, F.quantize)
     if dev['note']: print(dev['note'])
-    model, tok, ident = load_base(F.model, dev)
+    model, tok, ident = load_base(F.model, dev, F.checkpointing)
     ds = Dataset.from_list([{'prompt': r['messages'][:-1], 'completion': r['messages'][-1:]} for r in records])
     ck = out.parent / f'.{out.name}.checkpoints' / key[:12]
     args = _sft_args(F, ck, dev, seed, progress, max_steps)

@@ -114,3 +114,23 @@ def test_training_sets(tmp_path):
     trl = read_jsonl(paths['trl'])
     assert len(trl) == len(one) and trl[0]['completion'][0]['role'] == 'assistant' and len(trl[0]['prompt']) == 2
     assert len(nested_subset(aug2, 7)) == 7 and nested_subset(aug2, 0) == aug2
+
+
+def test_openai_backend_stage(tmp_path, monkeypatch, data_root):
+    "`finetune.backend=openai`: the stage uploads each culture's chat file, runs the job to the end and records the model id in the manifest."
+    from culturellm.openai_ft import FineTuneServer
+    from culturellm.run import run_study
+    monkeypatch.setenv('OPENAI_API_KEY', 'sk-test-stage-key')
+    with FineTuneServer(api_key='sk-test-stage-key') as srv:
+        cfg = get_config('smoke', {'cultures': ['korean'], 'data_root': str(data_root), 'augment': {'source': 'original'},
+                                   'finetune': {'backend': 'openai', 'model': 'gpt-3.5-turbo', 'base_url': srv.url,
+                                                'poll_seconds': 0.01, 'one': False}})
+        m = run_study(cfg, tmp_path / 'run', stages=['seeds', 'augment', 'finetune'], progress=False)
+        st = m['stages']['finetune/korean']
+        assert st['status'] == 'ok', st
+        assert st['openai_ft']['status'] == 'succeeded' and st['openai_ft']['fine_tuned_model'].startswith('ft:gpt-3.5-turbo')
+        assert srv.calls['files.create'] == 1 and srv.calls['jobs.create'] == 1
+        assert 'finetune/one' not in m['stages'], "finetune.one=false trains no One"
+        assert st['record']['samples'] > 50, "the seeds and the released augmented questions"
+    text = ''.join(p.read_text() for p in (tmp_path / 'run').rglob('*') if p.is_file() and p.suffix in ('.json', '.ipynb', '.log'))
+    assert 'sk-test-stage-key' not in text, "the key never reaches the run folder"
