@@ -17,8 +17,8 @@ from .llm import Backend, CallCache, Capabilities, OptionScores, cached_map, che
 
 # %% auto #0
 __all__ = ['LOCAL_HOSTS', 'OPENAI_URL', 'CHOICE_INSTRUCTION', 'PROBE_PROMPT', 'OpenAILMError', 'MalformedReply', 'is_transient',
-           'describe_error', 'retry_after', 'backoff_delay', 'call_with_retries', 'ScriptedServer', 'OpenAILM',
-           'parse_choice', 'ChoiceScores', 'choice_scores', 'make_backend']
+           'describe_error', 'retry_after', 'backoff_delay', 'call_with_retries', 'LoopbackServer', 'ScriptedServer',
+           'OpenAILM', 'parse_choice', 'ChoiceScores', 'choice_scores', 'make_backend']
 
 # %% ../nbs/00b_api.ipynb #c007
 class OpenAILMError(RuntimeError):
@@ -112,19 +112,13 @@ def _completion_json(path:str, body:dict, text:str) -> dict:
     ch = [{'index': i, 'finish_reason': 'stop', 'text': text, 'logprobs': None} for i in range(n)]
     return {'id': 'x', 'object': 'text_completion', 'created': 0, 'model': body.get('model', ''), 'choices': ch, 'usage': usage}
 
-class ScriptedServer:
-    "An OpenAI-compatible HTTP server on 127.0.0.1 that plays `script` (faults) in order, then answers with `reply`."
-    def __init__(self, script:list|None=None,   # steps: dicts of status (200), headers ({}), body (JSON or raw str), delay (s)
-                 reply='OK',                    # after the script: a string, or `f(path, body) -> str | dict`
-                ):
-        self.script, self.reply, self.requests = list(script or []), reply, []
-        self._lock, self._srv = threading.Lock(), None
+class LoopbackServer:
+    "An HTTP server on 127.0.0.1 (a free port, a daemon thread) whose subclass answers `respond`: the tests' stand-in for a remote API."
+    _srv = None
+    def respond(self, method:str, path:str, headers, raw:bytes) -> tuple:
+        "(status, body (JSON-ready or str), extra headers, delay in seconds) for one request."; raise NotImplementedError
 
-    def _answer(self, path:str, body) -> dict:
-        r = self.reply(path, body) if callable(self.reply) else self.reply
-        return r if isinstance(r, dict) else _completion_json(path, body or {}, str(r))
-
-    def start(self) -> ScriptedServer:
+    def start(self):
         "Start serving in a daemon thread on a free port."
         srv = self
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -132,23 +126,13 @@ class ScriptedServer:
             def log_message(self, *a): pass
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get('Content-Length') or 0))
-                try: body = json.loads(raw or b'{}')
-                except ValueError: body = None
-                with srv._lock:
-                    srv.requests.append({'path': self.path, 'body': body, 'headers': dict(self.headers)})
-                    step = srv.script.pop(0) if srv.script else {}
-                status = step.get('status', 200)
-                if 'body' in step: out = step['body']
-                elif status != 200: out = {'error': {'message': f'scripted {status}'}}
-                else:
-                    try: out = srv._answer(self.path, body)
-                    except Exception as e: status, out = 500, {'error': {'message': f'reply failed: {type(e).__name__}: {e}'}}
+                status, out, hdrs, delay = srv.respond(self.command, self.path, self.headers, raw)
                 data = (out if isinstance(out, str) else json.dumps(out)).encode()
-                time.sleep(step.get('delay', 0))
+                time.sleep(delay)
                 try:
                     self.send_response(status)
                     self.send_header('Content-Type', 'application/json'); self.send_header('Content-Length', str(len(data)))
-                    for k, v in step.get('headers', {}).items(): self.send_header(k, str(v))
+                    for k, v in hdrs.items(): self.send_header(k, str(v))
                     self.end_headers(); self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError): pass       # the client gave up (timeout)
             do_GET = do_POST
@@ -163,6 +147,34 @@ class ScriptedServer:
         if self._srv: self._srv.shutdown(); self._srv.server_close(); self._srv = None
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
+
+class ScriptedServer(LoopbackServer):
+    "An OpenAI-compatible HTTP server on 127.0.0.1 that plays `script` (faults) in order, then answers with `reply`."
+    def __init__(self, script:list|None=None,   # steps: dicts of status (200), headers ({}), body (JSON or raw str), delay (s)
+                 reply='OK',                    # after the script: a string, or `f(path, body) -> str | dict`
+                ):
+        self.script, self.reply, self.requests = list(script or []), reply, []
+        self._lock = threading.Lock()
+
+    def _answer(self, path:str, body) -> dict:
+        r = self.reply(path, body) if callable(self.reply) else self.reply
+        return r if isinstance(r, dict) else _completion_json(path, body or {}, str(r))
+
+    def respond(self, method:str, path:str, headers, raw:bytes) -> tuple:
+        "The next scripted step, or the reply."
+        try: body = json.loads(raw or b'{}')
+        except ValueError: body = None
+        with self._lock:
+            self.requests.append({'path': path, 'body': body, 'headers': dict(headers)})
+            step = self.script.pop(0) if self.script else {}
+        status = step.get('status', 200)
+        if 'body' in step: out = step['body']
+        elif status != 200: out = {'error': {'message': f'scripted {status}'}}
+        else:
+            try: out = self._answer(path, body)
+            except Exception as e: status, out = 500, {'error': {'message': f'reply failed: {type(e).__name__}: {e}'}}
+        return status, out, step.get('headers', {}), step.get('delay', 0)
+
 
 # %% ../nbs/00b_api.ipynb #c019
 LOCAL_HOSTS = ('127.0.0.1', 'localhost', '::1', '0.0.0.0')

@@ -5,14 +5,14 @@
 # %% ../nbs/02b_openai_ft.ipynb #f001
 from __future__ import annotations
 
-import datetime, email.parser, email.policy, http.server, json, re, threading, time, uuid
+import datetime, email.parser, email.policy, json, re, threading, time, uuid
 from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qsl, urlparse
 
 from fastcore.basics import patch
 
-from .api import OPENAI_URL, OpenAILM, OpenAILMError, call_with_retries, make_backend, _completion_json
+from .api import OPENAI_URL, LoopbackServer, OpenAILM, OpenAILMError, call_with_retries, make_backend, _completion_json
 from .config import atomic_write_json, sha256_bytes, sha256_json
 from .llm import CallCache
 from .seeds import validate_chat_record
@@ -104,7 +104,7 @@ def api_error(status:int, message:str, code:str|None=None, param:str|None=None, 
 
 def _id(prefix:str) -> str: return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
-class FineTuneServer:
+class FineTuneServer(LoopbackServer):
     "OpenAI's fine-tuning endpoints on 127.0.0.1: jobs advance one state per poll; injectable failures; requests counted per endpoint."
     def __init__(self, api_key:str|None=None,  # the Bearer key to require; None: any non-empty key
                  models=FT_MODELS,             # base models that can be fine-tuned
@@ -115,7 +115,7 @@ class FineTuneServer:
                 ):
         self.api_key, self.models, self.fail, self.faults, self.epochs, self.org = api_key, tuple(models), fail, dict(faults or {}), epochs, org
         self.files, self.jobs, self.calls = {}, {}, Counter()
-        self._lock, self._srv = threading.Lock(), None
+        self._lock = threading.Lock()
 
     def handle(self, method:str, target:str, headers, body:bytes) -> tuple:
         "(status, JSON body, extra headers) for one request: route, check the key, count, inject a fault or answer."
@@ -137,35 +137,12 @@ class FineTuneServer:
         msg, kind, code = FAULT_BODIES.get(f['status'], (f"injected fault {f['status']}", 'server_error', None))
         return *api_error(f['status'], msg, code, kind=kind), ({'retry-after-ms': '10'} if f['status'] == 429 else {})
 
-    def start(self) -> FineTuneServer:
-        "Start serving in a daemon thread on a free port."
-        srv = self
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = 'HTTP/1.1'
-            def log_message(self, *a): pass
-            def do_GET(self):
-                raw = self.rfile.read(int(self.headers.get('Content-Length') or 0))
-                try: status, out, hdrs = srv.handle(self.command, self.path, self.headers, raw)
-                except Exception as e: status, out, hdrs = *api_error(500, f"server bug: {type(e).__name__}: {e}", kind='server_error'), {}
-                data = json.dumps(out).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header('Content-Type', 'application/json'); self.send_header('Content-Length', str(len(data)))
-                    for k, v in hdrs.items(): self.send_header(k, v)
-                    self.end_headers(); self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError): pass
-            do_POST = do_GET
-        self._srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        threading.Thread(target=self._srv.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True).start()
-        return self
+    def respond(self, method:str, path:str, headers, raw:bytes) -> tuple:
+        "`handle`, with a bug in a handler answered as the API's 500."
+        try: status, out, hdrs = self.handle(method, path, headers, raw)
+        except Exception as e: status, out, hdrs = *api_error(500, f"server bug: {type(e).__name__}: {e}", kind='server_error'), {}
+        return status, out, hdrs, 0
 
-    @property
-    def url(self) -> str: return f"http://127.0.0.1:{self._srv.server_address[1]}/v1"
-    def stop(self):
-        "Stop serving and close the socket."
-        if self._srv: self._srv.shutdown(); self._srv.server_close(); self._srv = None
-    def __enter__(self): return self.start()
-    def __exit__(self, *exc): self.stop()
 
 # %% ../nbs/02b_openai_ft.ipynb #f016
 @patch
