@@ -5,14 +5,14 @@
 # %% ../nbs/02_finetune.ipynb #f002
 from __future__ import annotations
 
-import hashlib, json, math, os, random, shutil, time
+import hashlib, json, os, shutil, time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .config import atomic_write_json, read_jsonl, sha256_json, write_jsonl
-from .seeds import prompt_completion, sft_record, write_chat_jsonl
+from .seeds import sft_record, write_chat_jsonl
 
 # %% auto #0
 __all__ = ['load_augmented', 'split_holdout', 'nested_subset', 'variant_questions', 'culture_samples', 'one_samples',
@@ -231,7 +231,8 @@ def train_lora(F,                       # a `FinetuneConfig`
     res = trainer.train(resume_from_checkpoint=True if resume else None)
     secs = time.time() - t0
     losses = [dict(step=h['step'], loss=h['loss']) for h in trainer.state.log_history if 'loss' in h]
-    tmp = out.parent / f'.{out.name}.tmp{os.getpid()}'
+    if not trainer.is_world_process_zero(): return dict(key=key, steps=trainer.state.global_step, rank=trainer.args.process_index)
+    tmp = out.parent / f'.{out.name}.tmp{os.getpid()}'            # one process writes the adapter (several GPUs: rank 0)
     trainer.model.save_pretrained(tmp)
     info = dict(key=key, base=ident, config=cfg, data_sha256=data_hash, samples=len(records), steps=trainer.state.global_step,
                 epochs=trainer.state.epoch, seconds=round(secs, 2), resumed=resume, device=dev, losses=losses,

@@ -101,9 +101,9 @@ def test_unbuilt_stages_are_reported(smoke_run):
     "Stages whose notebook does not exist yet are listed as missing, not silently skipped."
     out, r, _ = smoke_run
     m = json.loads((out / 'manifest.json').read_text())
-    assert m['stages']['evaluate/arabic']['status'] == 'missing'
-    assert 'missing  evaluate' in r.stdout and '03_evaluate.ipynb does not exist yet' in r.stdout
-    r2 = cli('run', '--profile', 'smoke', '--out', str(out), '--stages', 'evaluate')
+    assert m['stages']['ablation/arabic']['status'] == 'missing'
+    assert 'missing  ablation' in r.stdout and '04_ablation.ipynb does not exist yet' in r.stdout
+    r2 = cli('run', '--profile', 'smoke', '--out', str(out), '--stages', 'ablation')
     assert r2.returncode == 2, "asking for a stage that is not built is an error"
 
 
