@@ -265,6 +265,12 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument('--wvs', help='a WVS CSV (cross-national Wave 7 file or a per-country extract) to read instead of the embedded aggregate')
     a.add_argument('--unweighted', action='store_true', help='ignore W_WEIGHT')
     a.add_argument('--json', action='store_true'); a.add_argument('--cultures-file', help='YAML/JSON file adding cultures')
+    s = sub.add_parser('rescore', help="re-score per-run outputs in the original study's released format")
+    s.add_argument('what', choices=['geomlama'], help='the evaluation the files come from')
+    s.add_argument('files', nargs='+', metavar='FILE', help="per-run CSVs as in the original's outputs/geomlama/{country,no_country}/")
+    s.add_argument('--language', help='the files\' language code (en, zh, hi, fa, sw, el); default: from each file name')
+    s.add_argument('--data-root', help='folder holding global-gallery/ (default: $CULTURELLM_DATA)')
+    s.add_argument('--out', help='also write the table to this CSV'); s.add_argument('--json', action='store_true')
     g = sub.add_parser('config', help='print the resolved configuration')
     g.add_argument('--profile', default='cpu', choices=PROFILE_NAMES)
     g.add_argument('--set', action='append', default=[], metavar='KEY=VALUE'); g.add_argument('--config')
@@ -316,6 +322,9 @@ def main(argv=None) -> int:
         if args.cmd == 'run': return _cmd_run(args)
         if args.cmd == 'cultures': return _cmd_cultures(args)
         if args.cmd == 'answers': return _cmd_answers(args)
+        if args.cmd == 'rescore':
+            from culturellm.gallery import rescore_command
+            return rescore_command(args)
         if args.cmd == 'config':
             print(json.dumps(config_to_dict(get_config(args.profile, parse_sets(args.set), args.config)), indent=1)); return 0
     except (ConfigError, WVSDataError) as e:
