@@ -315,7 +315,8 @@ def _cmd_run(args):
 def main(argv=None) -> int:
     "Entry point of the `culturellm` command."
     import signal
-    if hasattr(signal, 'SIGPIPE'): signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # `culturellm answers x | head` ends quietly
+    if argv is None and hasattr(signal, 'SIGPIPE'):   # the command itself: `culturellm answers x | head` ends quietly;
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # never in a caller's process (a test's SIGPIPE would kill it)
     args = _parser().parse_args(argv)
     from culturellm.seeds import WVSDataError
     try:
