@@ -17,7 +17,7 @@ __all__ = ['ANSWER_RULES', 'PROMPT_STYLES', 'WVS_SOURCES', 'PROFILE_NAMES', 'AUG
            'LORA_PRESETS', 'PROFILES', 'DATA_HELP', 'ConfigError', 'SeedsConfig', 'AugmentConfig', 'FinetuneConfig',
            'EvaluateConfig', 'GalleryConfig', 'Config', 'from_dict', 'parse_sets', 'get_config', 'config_to_dict',
            'load_config', 'data_root', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'write_jsonl',
-           'read_jsonl', 'sha256_bytes', 'sha256_file', 'sha256_json']
+           'read_jsonl', 'sha256_bytes', 'sha256_file', 'seed_of', 'sha256_json']
 
 # %% ../nbs/08_config.ipynb #c007
 class ConfigError(ValueError):
@@ -359,6 +359,10 @@ def sha256_file(path:str|Path, chunk:int=1<<20) -> str:
     with open(path, 'rb') as f:
         while (b := f.read(chunk)): h.update(b)
     return h.hexdigest()
+
+def seed_of(*key) -> int:
+    "A 64-bit number fixed by `key` (joined with '/'): seeds, splits and orders independent of order, process and platform."
+    return int(hashlib.sha256('/'.join(map(str, key)).encode()).hexdigest()[:16], 16)
 
 def sha256_json(obj) -> str:
     "Hex SHA-256 of `obj` serialised as canonical JSON (sorted keys)."

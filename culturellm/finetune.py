@@ -5,13 +5,13 @@
 # %% ../nbs/02_finetune.ipynb #f002
 from __future__ import annotations
 
-import hashlib, json, os, shutil, time
+import json, os, shutil, time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .config import atomic_write_json, read_jsonl, sha256_json, write_jsonl
+from .config import atomic_write_json, read_jsonl, seed_of, sha256_json, write_jsonl
 from .seeds import sft_record, write_chat_jsonl
 
 # %% auto #0
@@ -22,7 +22,7 @@ __all__ = ['load_augmented', 'split_holdout', 'nested_subset', 'variant_question
 # %% ../nbs/02_finetune.ipynb #f008
 def _unit_hash(*parts) -> float:
     "A number in [0, 1) fixed by `parts`: stable splits and orders that do not move when a set grows."
-    return int(hashlib.sha256('/'.join(map(str, parts)).encode()).hexdigest()[:13], 16) / 16 ** 13
+    return (seed_of(*parts) >> 12) / 16 ** 13
 
 def load_augmented(run:str|Path) -> dict:
     "The augment stage's kept questions: {'a': step-1 rewrites, 'b': step-2 variants}, each a list of records (q_id, text, ...)."
@@ -136,9 +136,6 @@ def _trainer_class():
     import torch
     from trl import SFTTrainer
     class PackedSFTTrainer(SFTTrainer):
-        def _set_signature_columns_if_needed(self):
-            super()._set_signature_columns_if_needed()
-            self._signature_columns = list(dict.fromkeys(self._signature_columns + ['input_ids', 'labels']))
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if 'sel_row' not in inputs: return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             dt = next(p for p in model.parameters() if p.is_floating_point()).dtype

@@ -5,20 +5,20 @@
 # %% ../nbs/06_gallery.ipynb #g002
 from __future__ import annotations
 
-import ast, hashlib, inspect, json, random, re, sys, unicodedata
+import ast, inspect, json, random, re, sys, unicodedata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError, atomic_write_text
+from .config import ConfigError, atomic_write_text, seed_of
 from .stats import bootstrap_ci
 
 # %% auto #0
 __all__ = ['COUNTRIES', 'COUNTRY_NAMES', 'LANGUAGES', 'GG_HELP', 'US_WORDS', 'ALPACA', 'NO_COUNTRY_RULES', 'GEO_SETTINGS',
            'RELEASED_COLUMNS', 'CAMEL_COUNTRIES', 'GENDER_PAIRS', 'CAMEL_METRIC', 'CAMEL_BETTER', 'GALLERY_SETTINGS',
            'GalleryDataError', 'split_list', 'load_geomlama', 'fold', 'match_gold', 'check_geomlama', 'alpaca_prompt',
-           'seed_of', 'shuffled', 'remove_country', 'option_probs', 'ranking', 'precision_at_k', 'random_hits',
+           'shuffled', 'remove_country', 'option_probs', 'ranking', 'precision_at_k', 'random_hits',
            'calibrated_ranking', 'precision_table', 'geomlama_items', 'geomlama_results', 'geomlama_scores',
            'released_frame', 'read_released', 'rescore_geomlama', 'rescore_command', 'load_camel', 'camel_question',
            'draw_options', 'camel_items', 'camel_outcomes', 'camel_scores', 'camel_priors', 'plot_geomlama',
@@ -170,10 +170,6 @@ def alpaca_prompt(question:str,   # the question
     A = ALPACA[lang]; h = A['headers']
     opts = '\n'.join(f'({chr(65 + i)}) {o}' for i, o in enumerate(options))
     return (f"{A['preamble']}\n\n{h[0]}\n{A['instruction']}\n\n{h[1]}\n{A['labels'][0]}: {question}\n{A['labels'][1]}:\n{opts}\n\n{h[2]}\n")
-
-def seed_of(*key) -> int:
-    "A 64-bit seed fixed by `key`: independent of order, process and platform."
-    return int(hashlib.sha256('/'.join(map(str, key)).encode()).hexdigest()[:16], 16)
 
 def shuffled(options:list, *key) -> list:
     "`options` in an order fixed by `key` (the run's seed first, then the item's identity)."

@@ -5,13 +5,13 @@
 # %% ../nbs/00a_llm.ipynb #c001
 from __future__ import annotations
 
-import hashlib, importlib.util, json, math, os, threading, time, typing
+import importlib.util, json, math, os, threading, time, typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .config import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from .config import atomic_write_json, atomic_write_text, seed_of, sha256_file, sha256_json
 
 # %% auto #0
 __all__ = ['NORMALISATIONS', 'Prompt', 'DEFAULT_LM', 'DEFAULT_EMBEDDER', 'TINY_LM', 'cpu_has_bf16', 'pick_device', 'pick_dtype',
@@ -484,7 +484,7 @@ def _cut(text:str, stop:list|None) -> str:
 
 def row_seed(seed:int, text:str, k:int=0) -> int:
     "The seed of sample `k` of prompt `text` under the call's `seed`: independent of batch and order."
-    return int(hashlib.sha256(f'{seed}/{k}/{text}'.encode()).hexdigest()[:15], 16)
+    return seed_of(seed, k, text) >> 4
 
 def _row_sampler(gens:list, temperature:float):
     "A transformers logits processor that samples row i from softmax(logits / temperature) with generator `gens[i]`."
