@@ -5,7 +5,7 @@
 # %% ../nbs/09_run.ipynb #c001
 from __future__ import annotations
 
-import argparse, json, os, platform, subprocess, sys, time, datetime
+import argparse, json, os, platform, re, subprocess, sys, time, datetime
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib import metadata
@@ -21,7 +21,7 @@ from .config import (Config, ConfigError, get_config, parse_sets, config_to_dict
 # %% auto #0
 __all__ = ['STAGES', 'STAGE_NAMES', 'MANIFEST_PACKAGES', 'Stage', 'select_stages', 'stage_tasks', 'find_nbs', 'code_fingerprint',
            'data_fingerprint', 'package_versions', 'git_revision', 'Task', 'notebook_error', 'execute_task',
-           'run_study', 'summarise', 'main']
+           'last_progress', 'run_study', 'summarise', 'main']
 
 # %% ../nbs/09_run.ipynb #c007
 @dataclass(frozen=True)
@@ -117,7 +117,9 @@ def notebook_error(path:Path) -> str|None:
                 return f"cell {i}: {o.get('ename')}: {msg[0] if msg else ''}"
     return None
 
-def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=None) -> dict:
+def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=None,
+                 on_progress=None,   # called with the notebook's latest progress-bar line while it runs
+                ) -> dict:
     "Execute `task`'s notebook with papermill in a subprocess; {'status', 'seconds', 'error'}."
     dst = task.out_nb(out); dst.parent.mkdir(parents=True, exist_ok=True)
     (out / 'usage' / task.stage.name / f'{task.culture}.json').unlink(missing_ok=True)   # the stage writes a fresh one
@@ -127,10 +129,17 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
     cmd = [sys.executable, '-m', 'papermill', str(nbs / task.stage.notebook), str(dst), '--cwd', str(nbs),
            '-y', yaml.safe_dump(params), '--no-progress-bar', '--log-level', 'WARNING']
     if timeout: cmd += ['--execution-timeout', str(timeout)]
+    err_log = dst.with_suffix('.stderr.log')   # the kernel's stderr as it comes: progress bars, warnings
+    cmd += ['--stderr-file', str(err_log)]
     t = time.time()
     env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}   # the kernel's inline backend puts figures into the executed notebook
     env['PYTHONUNBUFFERED'] = '1'
-    with open(log, 'w') as lf: rc = subprocess.run(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env).returncode
+    with open(log, 'w') as lf:
+        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
+        while True:
+            try: rc = proc.wait(timeout=1.0); break
+            except subprocess.TimeoutExpired:
+                if on_progress and (line := last_progress(err_log)): on_progress(line)
     secs = round(time.time() - t, 2)
     if rc == 0: return {'status': 'ok', 'seconds': secs, 'error': None}
     err = notebook_error(dst) if dst.exists() else None
@@ -138,6 +147,24 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
         tail = [l for l in log.read_text(errors='replace').splitlines() if l.strip()][-1:] or [f'papermill exited with {rc}']
         err = tail[0].strip()
     return {'status': 'failed', 'seconds': secs, 'error': err}
+
+# %% ../nbs/09_run.ipynb #c018a
+_PROGRESS = re.compile(r'\d+%\|.*\||\|\s*\d+/\d+\s*\[')
+
+def last_progress(path:Path,        # a stderr file that progress bars write to
+                  tail:int=4096,    # bytes read from its end
+                 ) -> str|None:
+    "The latest progress-bar (tqdm) line written to `path`, without its bar graphics, or None."
+    try:
+        with open(path, 'rb') as f:
+            f.seek(0, 2); f.seek(max(0, f.tell() - tail)); text = f.read().decode('utf-8', 'replace')
+    except OSError: return None
+    for seg in reversed(re.split(r'[\r\n]+', text)):
+        if _PROGRESS.search(seg):
+            desc, _, rest = seg.partition('|')
+            bar_end = rest.find('|')
+            return ' '.join((desc.strip() + ' ' + (rest[bar_end + 1:] if bar_end >= 0 else rest).strip()).split())
+    return None
 
 # %% ../nbs/09_run.ipynb #c020
 def _now() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
@@ -147,6 +174,16 @@ def _bar(total:int, enabled:bool):
     if not enabled: return None
     from tqdm.auto import tqdm
     return tqdm(total=total, unit='task', dynamic_ncols=True, file=sys.stderr, disable=None)  # a bar on a terminal only
+
+def _reporter(t, bar, progress:bool, every:float=30.0):
+    "A callback showing task `t`'s latest progress line: on the run's bar on a terminal, else printed every `every` seconds."
+    if not progress: return None
+    last = [time.time()]
+    def show(line:str):
+        msg = f"{t.stage.name} × {t.culture}: {line}"
+        if bar is not None and not bar.disable: bar.set_postfix_str(msg[:100], refresh=True)
+        elif time.time() - last[0] >= every: last[0] = time.time(); print(f"           … {msg}", flush=True)
+    return show
 
 def run_study(cfg:Config,                    # the resolved configuration
               out:str|Path,                  # the run folder
@@ -204,7 +241,8 @@ def run_study(cfg:Config,                    # the resolved configuration
                 say(f"  {('reused' if rec.get('reused') else rec['status']):8s} {s.name} × {c if rec['status'] != 'missing' else '*'}"
                     + (f"  ({rec['error']})" if rec.get('error') else ''))
         with ThreadPoolExecutor(max(1, min(jobs, len(todo) or 1))) as ex:
-            futs = {ex.submit(execute_task, t, out, nbs, dict(params, culture=t.culture), timeout): (t, rec) for t, rec in todo}
+            futs = {ex.submit(execute_task, t, out, nbs, dict(params, culture=t.culture), timeout, _reporter(t, bar, progress)): (t, rec)
+                    for t, rec in todo}
             if bar and todo: bar.set_postfix_str(f"{s.name} × {', '.join(t.culture for t, _ in todo)}")
             for f in as_completed(futs):
                 t, rec = futs[f]
@@ -308,6 +346,8 @@ def _cmd_run(args):
     lines, rc = summarise(m)
     print(f"\n{out}/manifest.json — {len(m['last_run'])} tasks in {m['wall_seconds']:.1f}s")
     for l in lines: print('  ' + l)
+    if (out / 'report.md').exists() and any(k.startswith('analysis/') for k in m['last_run']):
+        print(f"\nreport: {(out / 'report.md').resolve()}  (figures in {(out / 'figures').resolve()})")
     asked = select_stages(args.stages) if args.stages else []
     if any(m['stages'][k]['status'] == 'missing' for k in m['last_run'] if k.split('/')[0] in {s.name for s in asked}): rc = rc or 2
     return rc
