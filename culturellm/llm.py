@@ -598,8 +598,16 @@ def set_adapter(self, name:str|None):
     self.adapter = None if name is None else {'name': name, 'sha256': self._adapter_sha[name]}
 
 def unload_adapter(self, name:str):
-    "Remove adapter `name` from memory; the base model stays loaded."
-    if self.adapter and self.adapter['name'] == name: self.set_adapter(None)
-    self.model.delete_adapter(name); self._adapter_sha.pop(name, None)
+    "Remove adapter `name` from memory; the base model stays loaded, and the active adapter too unless it was `name`."
+    from peft import PeftModel
+    if not isinstance(self.model, PeftModel) or name not in self.model.peft_config: raise KeyError(f"adapter {name!r} is not loaded")
+    keep = self.adapter['name'] if self.adapter and self.adapter['name'] != name else None
+    others = [n for n in self.model.peft_config if n != name]
+    self._adapter_sha.pop(name, None)
+    if not others:                            # the last one: the bare base model back, without LoRA layers
+        self.model = self.model.unload(); self.adapter = None; return
+    self.model.set_adapter(others[0])         # peft must not point at the adapter it deletes
+    self.model.delete_adapter(name)
+    self.set_adapter(keep)
 
 LocalLM.load_adapter, LocalLM.set_adapter, LocalLM.unload_adapter = load_adapter, set_adapter, unload_adapter
