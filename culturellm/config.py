@@ -14,8 +14,9 @@ import yaml
 # %% auto #0
 __all__ = ['ANSWER_RULES', 'PROMPT_STYLES', 'WVS_SOURCES', 'PROFILE_NAMES', 'AUGMENT_SOURCES', 'FINETUNE_BACKENDS',
            'FINETUNE_VARIANTS', 'COLLATORS', 'PRECISIONS', 'QUANTIZATIONS', 'ALL_LINEAR', 'SCORINGS', 'GALLERY_NORMS',
-           'LORA_PRESETS', 'PROFILES', 'DATA_HELP', 'ConfigError', 'SeedsConfig', 'AugmentConfig', 'FinetuneConfig',
-           'EvaluateConfig', 'GalleryConfig', 'Config', 'from_dict', 'parse_sets', 'get_config', 'config_to_dict',
+           'GALLERY_QE', 'FIGURE_FORMATS', 'ABLATION_VARIANTS', 'LORA_PRESETS', 'PROFILES', 'DATA_HELP', 'ConfigError',
+           'SeedsConfig', 'AugmentConfig', 'FinetuneConfig', 'EvaluateConfig', 'GalleryConfig', 'ScalingConfig',
+           'AnalysisConfig', 'AblationConfig', 'Config', 'from_dict', 'parse_sets', 'get_config', 'config_to_dict',
            'load_config', 'data_root', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'write_jsonl',
            'read_jsonl', 'sha256_bytes', 'sha256_file', 'seed_of', 'sha256_json']
 
@@ -135,6 +136,7 @@ class EvaluateConfig:
     _ranges = dict(max_items=(0, None), max_text_chars=(0, None), max_tokens=(1, None), n_boot=(100, None))
 
 GALLERY_NORMS = ('token', 'none', 'char', 'byte')
+GALLERY_QE = ('auto', 'cometkiwi', 'roundtrip', 'none')
 
 @dataclass
 class GalleryConfig:
@@ -149,8 +151,72 @@ class GalleryConfig:
     norm: str = 'token'                 # option score: token (CAPPr's mean token log-prob, the original's), none (sum), char, byte
     seed: typing.Optional[int] = None   # seed of the option shuffles and CAMeL draws; None: the study seed
     n_boot: int = 2000                  # bootstrap resamples of every interval
-    _choices = dict(norm=GALLERY_NORMS)
-    _ranges = dict(max_questions=(0, None), camel_templates=(0, None), camel_samples=(1, None), n_boot=(100, None))
+    camel_categories: list = field(default_factory=list)  # CAMeL categories scored (food, beverage, female_names, ...); empty: all
+    tune_languages: list = field(default_factory=list)    # languages to instruction-tune one adapter each in (translated Alpaca); empty: the base model only
+    instructions_file: typing.Optional[str] = None  # Alpaca-format instructions (JSON list or JSONL: instruction, input, output); None: the packaged 40-item set
+    max_instructions: int = 0           # instructions used, from the first; 0: all
+    translator_model: typing.Optional[str] = None   # an NLLB-200 id or folder (transformers seq2seq), or a causal LM prompted to translate; None: `model`
+    translate_tokens: int = 256         # new tokens per translated text at most
+    qe: str = 'auto'                    # translation quality: cometkiwi (needs unbabel-comet), roundtrip (back-translation's embedder cosine with the source), auto (cometkiwi where installed, else roundtrip), none
+    qe_model: str = 'Unbabel/wmt22-cometkiwi-da'    # the CometKiwi model
+    qe_threshold: float = 0.0           # instructions whose mean QE score is below this are left out of tuning (and counted); 0: report only
+    tune_steps: int = 0                 # optimizer steps per language adapter; 0: `tune_epochs`
+    tune_epochs: float = 3.0            # passes over the translated set (the original: 3)
+    tune_batch_size: int = 4            # samples per step (the original: 4, grad-accum 2 from `finetune.grad_accum`)
+    tune_lr: float = 3e-4               # learning rate (the original: 3e-4, constant)
+    tune_r: int = 64                    # LoRA rank (the original: 64); dropout, target modules, precision, quantisation from `finetune`
+    tune_alpha: int = 16                # LoRA alpha (the original: 16)
+    _choices = dict(norm=GALLERY_NORMS, qe=GALLERY_QE)
+    _ranges = dict(max_questions=(0, None), camel_templates=(0, None), camel_samples=(1, None), n_boot=(100, None), max_instructions=(0, None),
+                   translate_tokens=(1, None), tune_steps=(0, None), tune_epochs=(0.0, None), tune_batch_size=(1, None), tune_lr=(0.0, None),
+                   tune_r=(1, None), tune_alpha=(1, None))
+
+@dataclass
+class ScalingConfig:
+    "Settings of the `scaling` stage: the data-size study, perplexity and diversity gain (see `05_scaling`)."
+    sizes: list = field(default_factory=lambda: ['0', '50', '100', '150', '500', '1000'])  # augmented training questions per adapter (nested subsets): numbers, or `all`; 0 is the base model
+    repeats: int = 1                    # training seeds per size (the study seed, then +1, +2, ...)
+    reference_model: typing.Optional[str] = None  # perplexity's reference LM (name, HF id or folder); None: finetune.model
+    embedder: str = 'all-MiniLM-L6-v2'  # diversity gain's sentence embeddings
+    max_tasks: int = 0                  # downstream tasks per culture (the first with data); 0: all
+    task_items: int = 0                 # items per task: a stratified subset of the evaluate stage's sample; 0: that whole sample
+    n_boot: int = 2000                  # bootstrap resamples of every interval
+    _ranges = dict(repeats=(1, None), max_tasks=(0, None), task_items=(0, None), n_boot=(100, None))
+
+FIGURE_FORMATS = ('png', 'pdf', 'svg')
+
+@dataclass
+class AnalysisConfig:
+    "Settings of the `analysis` stage: the figures and report of a run (see `07_analysis`)."
+    formats: list = field(default_factory=lambda: ['png', 'pdf'])   # figure file formats: png, pdf, svg
+    dpi: int = 120                      # resolution of raster figures
+    n_boot: int = 1000                  # resamples of the intervals the analysis computes itself (means over tasks)
+    _ranges = dict(dpi=(30, 600), n_boot=(100, None))
+
+ABLATION_VARIANTS = ('wvs', 'wvs_a', 'wvs_ab')
+
+@dataclass
+class AblationConfig:
+    "Settings of the `ablation` stage: augmentation variants, English vs local language, context prompting, win rate, forgetting (see `04_ablation`)."
+    variants: list = field(default_factory=lambda: list(ABLATION_VARIANTS))  # training sets compared: wvs, wvs_a, wvs_ab
+    seeds: int = 3                      # training seeds per setting (the study seed first), reported as mean ± sd over seeds
+    max_steps: int = 0                  # optimizer steps per adapter, the same for every setting; 0: the finetune stage's (finetune.max_steps, else epochs)
+    max_tasks: int = 0                  # downstream tasks per culture, from the first with data (One shares them among its cultures); 0: all
+    max_items: int = 0                  # items per task (a stratified, seeded sample, the same for every model); 0: evaluate.max_items
+    wvs_items: int = 0                  # held-out wordings scored (One shares them); 0: finetune.eval_items
+    local: bool = True                  # English vs local language: the seed questions in the culture's language (the release's *_L set)
+    context: bool = True                # the base model with the culture's background paragraph
+    open_questions: int = 20            # open questions for the win rate (One shares them); 0: not run
+    open_tokens: int = 96               # answer length in tokens for the open questions
+    judge_model: typing.Optional[str] = None     # the win-rate judge; None: the base model (finetune.model)
+    judge_base_url: typing.Optional[str] = None  # an OpenAI-compatible server for the judge; None: a local model
+    gsm8k_file: typing.Optional[str] = None      # GSM8K-format JSONL (question, answer '... #### N') under the data root or absolute; None: not run
+    bbh_file: typing.Optional[str] = None        # BIG-Bench Hard-format JSON ({'examples': [{'input', 'target'}]}); None: not run
+    forgetting_items: int = 0           # items per benchmark at most, from the first; 0: all
+    forgetting_tokens: int = 256        # reply length for the forgetting check
+    n_boot: int = 2000                  # bootstrap resamples of every interval
+    _ranges = dict(seeds=(1, None), max_steps=(0, None), max_tasks=(0, None), max_items=(0, None), wvs_items=(0, None),
+                   open_questions=(0, None), open_tokens=(1, None), forgetting_items=(0, None), forgetting_tokens=(1, None), n_boot=(100, None))
 
 @dataclass
 class Config:
@@ -165,6 +231,9 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
     _choices = dict(profile=PROFILE_NAMES)
 
 # %% ../nbs/08_config.ipynb #c011
@@ -175,22 +244,35 @@ LORA_PRESETS = {
 }
 
 PROFILES = {
-    'smoke': {'cultures': ['arabic', 'english'],
+    'smoke': {'ablation': {'seeds': 2, 'max_steps': 2, 'max_tasks': 1, 'max_items': 4, 'wvs_items': 4, 'open_questions': 2, 'open_tokens': 8,
+                           'forgetting_tokens': 8, 'n_boot': 200},
+              'analysis': {'dpi': 80, 'n_boot': 200}, 'cultures': ['arabic', 'english'],
+              'scaling': {'sizes': ['0', '1', 'all'], 'max_tasks': 2, 'task_items': 4, 'n_boot': 200},
               'augment': {'questions': 2, 'n': 2, 'm': 3, 'max_rounds': 2, 'synonyms': 3, 'max_variants': 12,
                           'max_tokens': 120, 'judge_sample': 6},
               'finetune': {'model': 'tiny-random', 'max_steps': 4, 'batch_size': 4, 'r': 4, 'alpha': 8, 'save_steps': 2, 'eval_items': 8},
               'evaluate': {'max_items': 6, 'n_boot': 200},
               'gallery': {'model': 'tiny-random', 'languages': ['en', 'el'], 'max_questions': 3, 'camel_templates': 1,
-                          'camel_samples': 1, 'n_boot': 200}},
-    'cpu':   {'cultures': ['arabic', 'chinese', 'english', 'german'],
+                          'camel_samples': 1, 'n_boot': 200, 'tune_languages': ['el'], 'max_instructions': 6, 'translate_tokens': 12,
+                          'qe': 'roundtrip', 'tune_steps': 2, 'tune_r': 4, 'tune_alpha': 8}},
+    'cpu':   {'ablation': {'seeds': 3, 'max_steps': 1, 'max_tasks': 2, 'max_items': 6, 'wvs_items': 6, 'open_questions': 3, 'open_tokens': 32,
+                           'forgetting_items': 10, 'forgetting_tokens': 128, 'n_boot': 1000},
+              'analysis': {'dpi': 120, 'n_boot': 1000}, 'cultures': ['arabic', 'english'],
+              'scaling': {'sizes': ['0', '10', 'all'], 'max_tasks': 2, 'task_items': 6, 'n_boot': 1000},
               'augment': {'max_rounds': 2, 'max_tokens': 200},
               'evaluate': {'max_items': 40, 'max_text_chars': 280, 'n_boot': 1000},
-              'gallery': {'languages': ['en', 'zh'], 'camel_templates': 1, 'camel_samples': 1, 'n_boot': 1000}},
-    'paper': {'cultures': ['all'], 'seeds': {'source': 'microdata'},
+              'gallery': {'languages': ['en', 'zh'], 'max_questions': 3, 'camel_templates': 1, 'camel_samples': 1, 'n_boot': 1000,
+                          'camel_categories': ['food', 'female_names', 'male_names'], 'tune_languages': ['zh'],
+                          'max_instructions': 10, 'translate_tokens': 32, 'qe': 'roundtrip', 'qe_threshold': 0.2, 'tune_steps': 4,
+                          'tune_r': 16, 'tune_alpha': 32, 'tune_lr': 5e-4}},
+    'paper': {'ablation': {'judge_model': 'gpt-4o-2024-08-06', 'judge_base_url': 'https://api.openai.com/v1', 'open_questions': 100},
+              'analysis': {'dpi': 200, 'n_boot': 2000}, 'cultures': ['all'], 'seeds': {'source': 'microdata'},
+              'scaling': {'sizes': ['0', '50', '100', '150', '500', '1000', 'all']},
               'augment': {'model': 'Qwen/Qwen2.5-7B-Instruct'},
               'finetune': {'model': 'Qwen/Qwen2.5-7B-Instruct', 'preset': 'culturellm-llama', 'save_steps': 200, 'eval_items': 0},
               'evaluate': {'heldout_topic': 'SOCIAL VALUES'},
-              'gallery': {'model': 'Qwen/Qwen2.5-7B-Instruct'}},
+              'gallery': {'model': 'Qwen/Qwen2.5-7B-Instruct', 'translator_model': 'facebook/nllb-200-distilled-600M', 'qe': 'cometkiwi',
+                          'tune_languages': ['zh', 'hi', 'fa', 'sw', 'el']}},
 }
 
 # %% ../nbs/08_config.ipynb #c013

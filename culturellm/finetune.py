@@ -5,7 +5,7 @@
 # %% ../nbs/02_finetune.ipynb #f002
 from __future__ import annotations
 
-import json, os, shutil, time
+import json, math, os, shutil, time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,8 @@ from .seeds import sft_record, write_chat_jsonl
 
 # %% auto #0
 __all__ = ['load_augmented', 'split_holdout', 'nested_subset', 'variant_questions', 'culture_samples', 'one_samples',
-           'write_sets', 'train_device', 'PackedCollator', 'load_base', 'train_lora', 'answer_suffix', 'answer_items',
-           'agreement', 'agreement_table']
+           'write_sets', 'train_device', 'PackedCollator', 'warmup_steps', 'total_steps', 'load_base', 'train_lora',
+           'answer_suffix', 'answer_items', 'agreement', 'agreement_table']
 
 # %% ../nbs/02_finetune.ipynb #f008
 def _unit_hash(*parts) -> float:
@@ -155,13 +155,28 @@ def _trainer_class():
     return PackedSFTTrainer
 
 # %% ../nbs/02_finetune.ipynb #f020
-def _sft_args(F, out:Path, dev:dict, seed:int, progress:bool, max_steps:int|None=None):
-    "TRL `SFTConfig` from a `FinetuneConfig`."
+def warmup_steps(ratio:float,    # share of the steps spent warming up
+                 total:int,       # optimizer steps of the run
+                ) -> int:
+    "Whole warmup steps: rounded down, so that a warmup shorter than a step is none (the trainer would round it up to a step at learning rate 0)."
+    return int(ratio * total + 1e-9)
+
+def total_steps(F,                    # a `FinetuneConfig`
+                n_samples:int,        # training samples
+                max_steps:int|None=None, # the run's step limit (default: F's)
+               ) -> int:
+    "Optimizer steps a run takes: its step limit, else epochs over the samples (across `WORLD_SIZE` processes)."
+    steps = F.max_steps if max_steps is None else max_steps
+    per_step = F.batch_size * F.grad_accum * int(os.environ.get('WORLD_SIZE', 1))
+    return steps or math.ceil(math.ceil(n_samples / per_step) * F.epochs)
+
+def _sft_args(F, out:Path, dev:dict, seed:int, progress:bool, max_steps:int|None=None, n_samples:int=0):
+    "TRL `SFTConfig` from a `FinetuneConfig` (`n_samples` sizes the warmup when the steps come from epochs)."
     from trl import SFTConfig
     steps = F.max_steps if max_steps is None else max_steps
     return SFTConfig(output_dir=str(out), num_train_epochs=F.epochs, max_steps=steps or -1, per_device_train_batch_size=F.batch_size,
                      gradient_accumulation_steps=F.grad_accum, learning_rate=F.lr, lr_scheduler_type=F.scheduler,
-                     warmup_steps=F.warmup_ratio, weight_decay=F.weight_decay, max_grad_norm=F.max_grad_norm,
+                     warmup_steps=warmup_steps(F.warmup_ratio, total_steps(F, n_samples, max_steps)), weight_decay=F.weight_decay, max_grad_norm=F.max_grad_norm,
                      optim=dev['optim'] if F.optim == 'auto' else F.optim, seed=seed, data_seed=seed,
                      bf16=dev['dtype'] == 'bfloat16', fp16=dev['dtype'] == 'float16', use_cpu=dev['device'] == 'cpu',
                      logging_steps=1, save_steps=F.save_steps, save_total_limit=2, report_to=[], disable_tqdm=not progress,
@@ -191,7 +206,7 @@ def load_base(model:str,                # a model name, HF id or folder
     return m, tok, ident
 
 def train_lora(F,                       # a `FinetuneConfig`
-               records:list,            # training samples: chat records {'messages': [system, user, assistant]}
+               records:list,            # training samples: chat records {'messages': [system, user, assistant]}, or plain {'prompt', 'completion'} strings
                out:str|Path,            # adapter folder, e.g. DIR/adapters/<culture>
                seed:int=0,              # training seed
                progress:bool=False,     # progress bar and loss lines
@@ -203,10 +218,11 @@ def train_lora(F,                       # a `FinetuneConfig`
     from datasets import Dataset
     from peft import LoraConfig
     out = Path(out); collator = collator or F.collator
-    data_hash = sha256_json([r['messages'] for r in records])
+    data_hash = sha256_json([r['messages'] if 'messages' in r else [r['prompt'], r['completion']] for r in records])
     cfg = dict(model=F.model, r=F.r, alpha=F.alpha, dropout=F.dropout, target_modules=list(F.target_modules), lr=F.lr,
                epochs=F.epochs, max_steps=F.max_steps if max_steps is None else max_steps, batch_size=F.batch_size,
-               grad_accum=F.grad_accum, scheduler=F.scheduler, warmup_ratio=F.warmup_ratio, weight_decay=F.weight_decay,
+               grad_accum=F.grad_accum, scheduler=F.scheduler, warmup_ratio=F.warmup_ratio,
+               warmup_steps=warmup_steps(F.warmup_ratio, total_steps(F, len(records), max_steps)), weight_decay=F.weight_decay,
                max_grad_norm=F.max_grad_norm, optim=F.optim, precision=F.precision, quantize=F.quantize, collator=collator,
                row_tokens=F.row_tokens, checkpointing=F.checkpointing, seed=seed)
     key = sha256_json(dict(cfg, data=data_hash))
@@ -217,9 +233,10 @@ def train_lora(F,                       # a `FinetuneConfig`
     dev = train_device(F.precision, F.quantize)
     if dev['note']: print(dev['note'])
     model, tok, ident = load_base(F.model, dev, F.checkpointing)
-    ds = Dataset.from_list([{'prompt': r['messages'][:-1], 'completion': r['messages'][-1:]} for r in records])
+    ds = Dataset.from_list([{'prompt': r['messages'][:-1], 'completion': r['messages'][-1:]} if 'messages' in r
+                            else {'prompt': r['prompt'], 'completion': r['completion']} for r in records])   # plain: no chat template
     ck = out.parent / f'.{out.name}.checkpoints' / key[:12]
-    args = _sft_args(F, ck, dev, seed, progress, max_steps)
+    args = _sft_args(F, ck, dev, seed, progress, max_steps, len(records))
     lora = LoraConfig(r=F.r, lora_alpha=F.alpha, lora_dropout=F.dropout, target_modules=list(F.target_modules), bias='none', task_type='CAUSAL_LM')
     kw = dict(data_collator=PackedCollator(tok.pad_token_id, F.row_tokens)) if collator == 'packed' else {}
     trainer = _trainer_class()(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora, callbacks=callbacks, **kw)

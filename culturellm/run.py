@@ -34,7 +34,7 @@ class Stage:
 
 STAGES = [Stage('seeds', '00_seeds.ipynb', 'culture'), Stage('augment', '01_augment.ipynb', 'all'),
           Stage('finetune', '02_finetune.ipynb', 'culture', ('one',)), Stage('evaluate', '03_evaluate.ipynb', 'culture'),
-          Stage('ablation', '04_ablation.ipynb', 'culture'), Stage('scaling', '05_scaling.ipynb', 'all'),
+          Stage('ablation', '04_ablation.ipynb', 'culture', ('one',)), Stage('scaling', '05_scaling.ipynb', 'all'),
           Stage('gallery', '06_gallery.ipynb', 'all'), Stage('analysis', '07_analysis.ipynb', 'all')]
 STAGE_NAMES = [s.name for s in STAGES]
 

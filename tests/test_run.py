@@ -1,6 +1,6 @@
 """The `culturellm` command end to end: papermill parameter injection, the run folder, reuse on rerun,
 failure of one culture, stages not built yet, and the `answers`/`cultures`/`config` subcommands."""
-import json, os, subprocess, sys, time
+import json, os, shutil, subprocess, sys, time
 from pathlib import Path
 
 import nbformat
@@ -97,14 +97,27 @@ def test_finetune_stage_runs(smoke_run):
     assert (out / 'figures' / 'finetune_arabic_agreement.png').exists()
 
 
-def test_unbuilt_stages_are_reported(smoke_run):
-    "Stages whose notebook does not exist yet are listed as missing, not silently skipped."
+def test_every_stage_runs_and_the_report_is_named(smoke_run):
+    "The smoke run executes every stage of both studies for every culture (and One), ends with the report, and says where it is."
     out, r, _ = smoke_run
     m = json.loads((out / 'manifest.json').read_text())
-    assert m['stages']['ablation/arabic']['status'] == 'missing'
+    keys = {k.split('/')[0] for k in m['last_run']}
+    assert keys == {'seeds', 'augment', 'finetune', 'evaluate', 'ablation', 'scaling', 'gallery', 'analysis'}, keys
+    bad = {k: (v['status'], v.get('error')) for k, v in m['stages'].items() if v['status'] != 'ok'}
+    assert not bad, bad
+    assert (out / 'report.md').exists() and f"report: {(out / 'report.md').resolve()}" in r.stdout
+    assert (out / 'all' / '01_augment.stderr.log').exists(), "the kernel's stderr (progress bars) is kept beside the notebook"
+
+
+def test_missing_notebook_is_reported(tmp_path):
+    "A stage whose notebook is absent from the notebook folder is listed as missing, never silently skipped, and asking for it is an error."
+    nbs = tmp_path / 'nbs'; shutil.copytree(NBS, nbs); (nbs / '04_ablation.ipynb').unlink()
+    out = tmp_path / 'run'
+    r = cli('run', '--profile', 'smoke', '--out', str(out), '--stages', 'ablation', '--nbs', str(nbs))
+    assert r.returncode == 2, r.stdout + r.stderr
     assert 'missing  ablation' in r.stdout and '04_ablation.ipynb does not exist yet' in r.stdout
-    r2 = cli('run', '--profile', 'smoke', '--out', str(out), '--stages', 'ablation')
-    assert r2.returncode == 2, "asking for a stage that is not built is an error"
+    m = json.loads((out / 'manifest.json').read_text())
+    assert m['stages']['ablation/arabic']['status'] == 'missing'
 
 
 def test_rerun_reuses_and_config_change_reruns(smoke_run):
