@@ -89,6 +89,7 @@ class CallCache:
 # %% ../nbs/00a_llm.ipynb #c013
 def cached_map(cache:CallCache|None, identity:dict, method:str, params:dict, items:list, compute,
                chunk:int|None=None,      # compute the misses this many at a time, each chunk stored as it returns; None: all at once
+               desc:str|None=None,       # a progress bar with this label over the misses, when there is more than one chunk
               ) -> list:
     "Results for `items`: cached ones read, the others computed by `compute(missing_items) -> [(value, tok_in, tok_out)]`."
     if cache is None: return [v for v, _, _ in compute(items)] if items else []
@@ -96,10 +97,13 @@ def cached_map(cache:CallCache|None, identity:dict, method:str, params:dict, ite
     out = [cache.get(k) for k in keys]
     todo = [i for i, v in enumerate(out) if v is None]
     step = chunk or max(len(todo), 1)
-    for a in range(0, len(todo), step):
-        part = todo[a:a + step]
-        for i, (v, ti, to) in zip(part, compute([items[i] for i in part])):
-            cache.put(keys[i], v, ti, to); out[i] = v
+    from tqdm.auto import tqdm
+    with tqdm(total=len(todo), desc=desc, unit='item', disable=desc is None or len(todo) <= step) as bar:
+        for a in range(0, len(todo), step):
+            part = todo[a:a + step]
+            for i, (v, ti, to) in zip(part, compute([items[i] for i in part])):
+                cache.put(keys[i], v, ti, to); out[i] = v
+            bar.update(len(part))
     return out
 
 # %% ../nbs/00a_llm.ipynb #c016
@@ -533,7 +537,7 @@ def generate(self, prompts:list,            # strings or chat-message lists
         for a in range(0, len(order), bs):
             for i, r in zip(order[a:a + bs], run([rows[i] for i in order[a:a + bs]])): got[i] = r
         return [([got[j * n + k][0] for k in range(n)], got[j * n][1], sum(got[j * n + k][2] for k in range(n))) for j in range(len(todo))]
-    return cached_map(self.cache, self.identity(), 'generate', params, texts, compute, chunk=max(1, 8 * bs // n))
+    return cached_map(self.cache, self.identity(), 'generate', params, texts, compute, chunk=max(1, bs // n), desc='generate')
 
 LocalLM.generate = generate
 

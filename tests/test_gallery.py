@@ -315,3 +315,149 @@ def test_gallery_config():
         check_gallery_config(SimpleNamespace(languages=['en', 'de'], settings=['geomlama']))
     with pytest.raises(ConfigError, match="'gallery.norm': expected one of"):
         get_config('smoke', {'gallery': {'norm': 'mean'}})
+
+
+# --- translation and instruction tuning ---------------------------------------------------------------------
+
+from culturellm.gallery import (TRANSLATION_COLUMNS, TUNING_COLUMNS, PromptTranslator, alpaca_sft, load_instructions, make_translator,
+                                qe_method, qe_scores, translatable, translate_instructions, tune_config, tune_language)
+
+
+class Tagger:
+    "A translator that tags what it is asked to translate (and returns nothing for texts about the sky), so the bookkeeping shows."
+    name = 'tagger'
+    def __init__(self): self.asked = []
+    def translate(self, texts, src, tgt, progress=False):
+        self.asked += [(t, src, tgt) for t in texts]
+        return [f"[{tgt}] {t}" if 'sky' not in t else '' for t in texts]
+
+
+RECS = [dict(instruction='Explain why the sky is blue.', input='', output='Air scatters blue light more than red light.'),
+        dict(instruction='Compute the product.', input='12 * 7', output='84'),
+        dict(instruction='Write a Python function that doubles a number.', input='', output='def double(x):\n    return 2 * x'),
+        dict(instruction='Write an HTML link.', input='', output='<a href="https://example.com">Example</a>'),
+        dict(instruction='Correct the grammar.', input='She don\'t like tea.', output='She doesn\'t like tea.')]
+
+
+def test_translation_keeps_code_numbers_and_empty_in_english():
+    "Only translatable texts reach the translator; code, numbers, empty inputs and empty translations stay English and are counted."
+    tr = Tagger()
+    got, summ = translate_instructions(RECS, 'zh', tr, 'none')
+    assert {t for t, _, _ in tr.asked} == {'Explain why the sky is blue.', 'Air scatters blue light more than red light.', 'Compute the product.',
+                                           'Write a Python function that doubles a number.', 'Write an HTML link.', 'Correct the grammar.',
+                                           "She don't like tea.", "She doesn't like tea."}
+    assert all((s, t) == ('en', 'zh') for _, s, t in tr.asked)
+    assert got[0]['instruction'] == RECS[0]['instruction'] and got[0]['output'].startswith('[zh] ')      # the empty translation stayed English
+    assert (got[1]['input'], got[1]['output'], got[2]['output'], got[3]['output']) == ('12 * 7', '84', RECS[2]['output'], RECS[3]['output'])
+    assert got[1]['english'] == ['input', 'output'] and got[0]['input'] == '' and got[0]['source'] == RECS[0]
+    assert (summ['n'], summ['translated'], summ['kept_english'], summ['dropped']) == (5, 7, 5, 0) and list(summ) == TRANSLATION_COLUMNS
+    assert not translatable('') and not translatable('9, 2, 7, 4') and not translatable('SELECT a FROM b;') and translatable('Width 4, height 5')
+
+
+def test_roundtrip_quality_and_threshold(tmp_path):
+    "Round-trip QE (back-translation's embedder cosine): a faithful round trip scores near 1, a broken one low; the threshold drops and counts."
+    from culturellm.llm import CallCache, Embedder
+    class Garbler(Tagger):   # forward: tags; back: restores the source, except for one instruction it garbles
+        def translate(self, texts, src, tgt, progress=False):
+            if tgt != 'en': return [f"[{tgt}] {t}" for t in texts]
+            return ['zebra quantum marmalade' if 'grammar' in t else t[len('[zh] '):] for t in texts]
+    emb = Embedder(cache=CallCache(tmp_path / 'cache'))
+    got, summ = translate_instructions(RECS, 'zh', Garbler(), 'roundtrip', 0.9, emb)
+    q = {r['source']['instruction']: r['qe'] for r in got}
+    assert q['Compute the product.'] == pytest.approx(1, abs=1e-4) and q['Correct the grammar.'] < 0.9
+    assert [r['keep'] for r in got] == [True, True, True, True, False] and summ['dropped'] == 1
+    assert summ['qe_method'] == 'roundtrip' and summ['qe_lo'] <= summ['qe_mean'] <= summ['qe_hi']
+    assert translate_instructions(RECS, 'zh', Garbler(), 'roundtrip', 0.0, emb)[1]['dropped'] == 0       # 0: report only
+    assert qe_method('roundtrip') == 'roundtrip' and qe_method('auto') in ('cometkiwi', 'roundtrip')
+    with pytest.raises(ValueError, match="qe method 'bleu'"): qe_scores('bleu', ['a'], ['b'], 'zh')
+
+
+@pytest.mark.parametrize('name, text, msg', [
+    ('a.json', '{"instruction": "x"', "a.json: not valid JSON (line 1"),
+    ('a.json', '{"instruction": "x", "output": "y"}', "a.json: expected a JSON list of {instruction, input, output} objects, got dict"),
+    ('a.json', '[{"instruction": "x", "output": "y"}, ["x"]]', "a.json, row 2: expected an object with instruction, input, output, got list"),
+    ('a.json', '[{"instruction": "x", "output": "y"}, {"instruction": "", "output": "y"}]', "a.json, row 2: instruction ''; expected a non-empty string"),
+    ('a.json', '[{"instruction": "x", "input": 5, "output": "y"}]', "a.json, row 1: input 5; expected a non-empty string (or empty)"),
+    ('a.json', '[{"instruction": "x"}]', "a.json, row 1: output None; expected a non-empty string"),
+    ('a.json', '[]', "a.json: no instructions"),
+    ('b.jsonl', '{"instruction": "x", "output": "y"}\n\n{"instruction": "x", "output": 7}\n', "b.jsonl, row 3: output 7; expected a non-empty string"),
+    ('b.jsonl', '{"instruction": "x", "output": "y"}\n{oops\n', "b.jsonl, row 2: not valid JSON"),
+])
+def test_instruction_file_errors(tmp_path, name, text, msg):
+    "A malformed instruction set is one line naming the file, the row and what was expected."
+    f = tmp_path / name; f.write_text(text)
+    with pytest.raises(ValueError) as e: load_instructions(f)
+    assert msg in str(e.value) and '\n' not in str(e.value)
+
+
+def test_instruction_files_load(tmp_path):
+    "JSON and JSONL load alike (a missing input is empty); the packaged set has 40 items and asks nothing GeoMLaMA or CAMeL ask."
+    recs = [dict(instruction='Add.', input='1 + 1', output='2'), dict(instruction='Say hi.', output='Hi.')]
+    (tmp_path / 'a.json').write_text(json.dumps(recs)); (tmp_path / 'a.jsonl').write_text('\n'.join(map(json.dumps, recs)))
+    assert load_instructions(tmp_path / 'a.json') == load_instructions(tmp_path / 'a.jsonl') == [recs[0], dict(recs[1], input='')]
+    assert len(load_instructions(tmp_path / 'a.json', max_items=1)) == 1
+    mini = load_instructions()
+    assert len(mini) == 40
+    words = re.compile(r'colou?r|celsius|fahrenheit|date format|\bfood|\bdish|wedding|funeral|\bdriv|tipping|shower|\bsport|clothing|\bdress|religio|staple', re.I)
+    assert not [r for r in mini if words.search(' '.join(r.values()))]
+
+
+def test_template_and_loss_targets(tmp_path):
+    "The Alpaca template with the language's headers up to the response header; one training step's targets are the output's tokens and EOS only."
+    from transformers import TrainerCallback
+    from culturellm.finetune import train_lora
+    from culturellm.llm import LocalLM
+    for lang in ALPACA:
+        s = alpaca_sft(dict(instruction='I', input='X', output='O'), lang)
+        h = ALPACA[lang]['headers']
+        assert s['prompt'] == f"{ALPACA[lang]['preamble']}\n\n{h[0]}\nI\n\n{h[1]}\nX\n\n{h[2]}\n" and s['completion'] == 'O'
+    assert alpaca_sft(dict(instruction='I', input=' ', output='O'))['prompt'].endswith('### Instruction:\nI\n\n### Response:\n')
+    class Grab(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kw): self.batch = next(iter(train_dataloader))
+    s = get_config('smoke')
+    F = tune_config(s.finetune, s.gallery)
+    assert (F.model, F.max_steps, F.r, F.alpha, F.lr) == ('tiny-random', 2, 4, 8, 3e-4)
+    import dataclasses
+    grab = Grab()
+    sample = alpaca_sft(dict(instruction='Name a prime.', input='', output='Seven is a prime number.'), 'hi')
+    train_lora(dataclasses.replace(F, batch_size=1), [sample], tmp_path / 'a', max_steps=1, callbacks=[grab])
+    tok = LocalLM('tiny-random', dtype='fp32').tok
+    assert tok.decode(grab.batch['targets']) == 'Seven is a prime number.' + tok.eos_token
+
+
+def test_tuned_path_runs_at_smoke(tmp_path):
+    "Smoke profile: translate with the prompted tiny model, tune the language's adapter, score base and tuned in one model; a rerun reuses the adapter."
+    from culturellm.llm import CallCache, Embedder, LocalLM
+    cfg = get_config('smoke'); G = cfg.gallery
+    cache = CallCache(tmp_path / 'cache')
+    lm = LocalLM(G.model, cache=cache, dtype='fp32')
+    tr = make_translator(G.translator_model, lm, G.model, cache, G.translate_tokens)
+    assert isinstance(tr, PromptTranslator) and tr.lm is lm
+    recs = load_instructions(G.instructions_file, G.max_instructions)
+    sets, summ = translate_instructions(recs, 'el', tr, 'roundtrip', G.qe_threshold, Embedder(cache=cache))
+    assert summ['n'] == G.max_instructions and summ['translated'] + summ['kept_english'] == sum(bool(r[k].strip()) for r in recs for k in ('instruction', 'input', 'output'))
+    F = tune_config(cfg.finetune, G)
+    row = tune_language(F, sets, 'el', tmp_path, cfg.seed)
+    assert set(TUNING_COLUMNS) <= set(row) and row['model'] == 'tuned-el' and row['steps'] == G.tune_steps and not row['reused']
+    assert (tmp_path / 'adapters' / 'gallery' / 'el' / 'adapter_config.json').exists() and np.isfinite(row['loss_last'])
+    opts = ['left', 'right', 'the middle']
+    item = [(alpaca_prompt('Which side do people keep when driving?', opts, 'el'), opts)]
+    base = option_probs(lm, item)[0]
+    lm.load_adapter(row['adapter'], name=row['model']); tuned = option_probs(lm, item)[0]
+    lm.set_adapter(None); again = option_probs(lm, item)[0]
+    assert not np.allclose(base, tuned, atol=1e-7) and np.allclose(base, again)
+    assert tune_language(F, sets, 'el', tmp_path, cfg.seed)['reused']
+    with pytest.raises(ValueError, match="el: no instructions left to tune on"):
+        tune_language(F, [dict(r, keep=False) for r in sets], 'el', tmp_path / 'x', cfg.seed)
+
+
+def test_gallery_tuning_config():
+    "Profiles: smoke tunes Greek on the tiny model, cpu Chinese on SmolLM2 with round-trip QE, paper every language with NLLB and CometKiwi."
+    s, c, p = (get_config(x).gallery for x in ('smoke', 'cpu', 'paper'))
+    assert s.tune_languages == ['el'] and c.tune_languages == ['zh'] and p.tune_languages == ['zh', 'hi', 'fa', 'sw', 'el']
+    assert p.translator_model == 'facebook/nllb-200-distilled-600M' and p.qe == 'cometkiwi' and (p.tune_r, p.tune_alpha, p.tune_lr, p.tune_epochs) == (64, 16, 3e-4, 3.0)
+    assert c.qe == 'roundtrip' and c.translator_model is None and 0 < c.max_instructions <= 40
+    with pytest.raises(ConfigError, match="'gallery.tune_languages': expected some of en, zh"):
+        check_gallery_config(SimpleNamespace(languages=['en'], settings=['geomlama'], tune_languages=['de']))
+    with pytest.raises(ConfigError, match="'gallery.qe': expected one of"):
+        get_config('smoke', {'gallery': {'qe': 'bleu'}})

@@ -31,3 +31,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 else
   echo "setup-env: .venv is up to date" >&2
 fi
+
+# The docs test (tests/test_docs.py) loads the site in headless Chromium where it is installed, and skips that one
+# check otherwise. CI (CI=true) or CULTURELLM_BROWSER=1 installs Debian's chromium and chromium-driver when they are
+# missing and apt-get can be used (root or password-less sudo); CULTURELLM_BROWSER=0 never does. A failure only warns.
+if { [ "${CI:-}" = true ] || [ "${CULTURELLM_BROWSER:-}" = 1 ]; } && [ "${CULTURELLM_BROWSER:-}" != 0 ] \
+   && ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } \
+   && command -v apt-get >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  echo "setup-env: installing chromium and chromium-driver (the docs site's browser test)" >&2
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1; then
+    echo "setup-env: warning: could not install chromium/chromium-driver; the docs test's browser check will be skipped" >&2
+  fi
+fi
