@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError, atomic_write_json, atomic_write_text, read_jsonl, sha256_json
-from .finetune import culture_samples, one_samples, train_lora, variant_questions
+from .config import ConfigError, atomic_write_json, atomic_write_text, read_jsonl
+from .finetune import culture_samples, one_samples, train_lora, training_key, variant_questions
 from .evaluate import alignment, encode, macro_f1_codes, question_distributions
 from .stats import bootstrap_ci
 
@@ -50,14 +50,6 @@ def variant_samples(questions:list,     # the 50 seed `Question`s
     per = {C.name: culture_samples(items, C, answers[C.name], style)[0] for C in CS}
     return one_samples(per) if one else per[CS[0].name]
 
-def _training_cfg(F, max_steps:int, seed:int) -> dict:
-    "The settings `train_lora` records in `training.json` (the ones that decide the adapter)."
-    return dict(model=F.model, r=F.r, alpha=F.alpha, dropout=F.dropout, target_modules=list(F.target_modules), lr=F.lr,
-                epochs=F.epochs, max_steps=max_steps, batch_size=F.batch_size, grad_accum=F.grad_accum, scheduler=F.scheduler,
-                warmup_ratio=F.warmup_ratio, weight_decay=F.weight_decay, max_grad_norm=F.max_grad_norm, optim=F.optim,
-                precision=F.precision, quantize=F.quantize, collator=F.collator, row_tokens=F.row_tokens,
-                checkpointing=F.checkpointing, seed=seed)
-
 def same_adapter(folder:str|Path,   # an adapter folder (e.g. the finetune stage's adapters/<culture>)
                  F,                 # the `FinetuneConfig`
                  records:list,      # the training samples wanted
@@ -67,9 +59,7 @@ def same_adapter(folder:str|Path,   # an adapter folder (e.g. the finetune stage
     "True if `folder` holds a finished adapter trained on exactly `records` with these settings and seed."
     f = Path(folder) / 'training.json'
     if not (f.is_file() and (Path(folder) / 'adapter_config.json').is_file()): return False
-    info = json.loads(f.read_text())
-    return (info.get('data_sha256') == sha256_json([r['messages'] for r in records])
-            and info.get('config') == _training_cfg(F, max_steps, seed))
+    return json.loads(f.read_text()).get('key') == training_key(F, records, seed, max_steps)[2]
 
 def ablation_adapter(run:str|Path,   # the run folder
                      name:str,       # the culture's name, or 'one'

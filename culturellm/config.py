@@ -259,7 +259,7 @@ PROFILES = {
                            'forgetting_items': 10, 'forgetting_tokens': 128, 'n_boot': 1000},
               'analysis': {'dpi': 120, 'n_boot': 1000}, 'cultures': ['arabic', 'english'],
               'scaling': {'sizes': ['0', '10', 'all'], 'max_tasks': 2, 'task_items': 6, 'n_boot': 1000},
-              'augment': {'max_rounds': 1, 'max_tokens': 160, 'judge_sample': 40},
+              'augment': {'n': 3, 'm': 6, 'max_rounds': 1, 'max_tokens': 110, 'judge_sample': 40},
               'finetune': {'max_steps': 12},
               'evaluate': {'max_items': 20, 'max_text_chars': 280, 'n_boot': 1000},
               'gallery': {'languages': ['en', 'zh'], 'max_questions': 3, 'camel_templates': 1, 'camel_samples': 1, 'n_boot': 1000,

@@ -16,8 +16,8 @@ from .seeds import sft_record, write_chat_jsonl
 
 # %% auto #0
 __all__ = ['load_augmented', 'split_holdout', 'nested_subset', 'variant_questions', 'culture_samples', 'one_samples',
-           'write_sets', 'train_device', 'PackedCollator', 'warmup_steps', 'total_steps', 'load_base', 'train_lora',
-           'answer_suffix', 'answer_items', 'agreement', 'agreement_table']
+           'write_sets', 'train_device', 'PackedCollator', 'warmup_steps', 'total_steps', 'load_base', 'training_key',
+           'train_lora', 'answer_suffix', 'answer_items', 'agreement', 'agreement_table']
 
 # %% ../nbs/02_finetune.ipynb #f008
 def _unit_hash(*parts) -> float:
@@ -205,6 +205,23 @@ def load_base(model:str,                # a model name, HF id or folder
         m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=checkpointing)
     return m, tok, ident
 
+def training_key(F,                     # a `FinetuneConfig`
+                 records:list,          # the training samples
+                 seed:int=0,            # training seed
+                 max_steps:int|None=None, # the run's step limit (default: F's)
+                 collator:str|None=None,  # packed or trl (default: F's)
+                ) -> tuple:
+    "(settings, data hash, key) of an adapter: what decides it, as `training.json` records them; equal keys, equal adapters."
+    collator = collator or F.collator
+    data_hash = sha256_json([r['messages'] if 'messages' in r else [r['prompt'], r['completion']] for r in records])
+    cfg = dict(model=F.model, r=F.r, alpha=F.alpha, dropout=F.dropout, target_modules=list(F.target_modules), lr=F.lr,
+               epochs=F.epochs, max_steps=F.max_steps if max_steps is None else max_steps, batch_size=F.batch_size,
+               grad_accum=F.grad_accum, scheduler=F.scheduler, warmup_ratio=F.warmup_ratio,
+               warmup_steps=warmup_steps(F.warmup_ratio, total_steps(F, len(records), max_steps)),
+               weight_decay=F.weight_decay, max_grad_norm=F.max_grad_norm, optim=F.optim, precision=F.precision,
+               quantize=F.quantize, collator=collator, row_tokens=F.row_tokens, checkpointing=F.checkpointing, seed=seed)
+    return cfg, data_hash, sha256_json(dict(cfg, data=data_hash))
+
 def train_lora(F,                       # a `FinetuneConfig`
                records:list,            # training samples: chat records {'messages': [system, user, assistant]}, or plain {'prompt', 'completion'} strings
                out:str|Path,            # adapter folder, e.g. DIR/adapters/<culture>
@@ -218,14 +235,7 @@ def train_lora(F,                       # a `FinetuneConfig`
     from datasets import Dataset
     from peft import LoraConfig
     out = Path(out); collator = collator or F.collator
-    data_hash = sha256_json([r['messages'] if 'messages' in r else [r['prompt'], r['completion']] for r in records])
-    cfg = dict(model=F.model, r=F.r, alpha=F.alpha, dropout=F.dropout, target_modules=list(F.target_modules), lr=F.lr,
-               epochs=F.epochs, max_steps=F.max_steps if max_steps is None else max_steps, batch_size=F.batch_size,
-               grad_accum=F.grad_accum, scheduler=F.scheduler, warmup_ratio=F.warmup_ratio,
-               warmup_steps=warmup_steps(F.warmup_ratio, total_steps(F, len(records), max_steps)), weight_decay=F.weight_decay,
-               max_grad_norm=F.max_grad_norm, optim=F.optim, precision=F.precision, quantize=F.quantize, collator=collator,
-               row_tokens=F.row_tokens, checkpointing=F.checkpointing, seed=seed)
-    key = sha256_json(dict(cfg, data=data_hash))
+    cfg, data_hash, key = training_key(F, records, seed, max_steps, collator)
     done = out / 'training.json'
     if done.exists() and (out / 'adapter_config.json').exists():
         info = json.loads(done.read_text())

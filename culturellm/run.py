@@ -119,6 +119,7 @@ def notebook_error(path:Path) -> str|None:
 
 def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=None,
                  on_progress=None,   # called with the notebook's latest progress-bar line while it runs
+                 threads:int|None=None, # CPU threads of the kernel's math libraries (OMP/MKL/torch); None: theirs
                 ) -> dict:
     "Execute `task`'s notebook with papermill in a subprocess; {'status', 'seconds', 'error'}."
     dst = task.out_nb(out); dst.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +135,7 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
     t = time.time()
     env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}   # the kernel's inline backend puts figures into the executed notebook
     env['PYTHONUNBUFFERED'] = '1'
+    if threads and 'OMP_NUM_THREADS' not in os.environ: env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(threads)
     with open(log, 'w') as lf:
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
         while True:
@@ -241,7 +243,9 @@ def run_study(cfg:Config,                    # the resolved configuration
                 say(f"  {('reused' if rec.get('reused') else rec['status']):8s} {s.name} × {c if rec['status'] != 'missing' else '*'}"
                     + (f"  ({rec['error']})" if rec.get('error') else ''))
         with ThreadPoolExecutor(max(1, min(jobs, len(todo) or 1))) as ex:
-            futs = {ex.submit(execute_task, t, out, nbs, dict(params, culture=t.culture), timeout, _reporter(t, bar, progress)): (t, rec)
+            side = max(1, min(jobs, len(todo)))   # tasks side by side share the cores: each kernel gets its part
+            threads = max(1, (os.cpu_count() or 1) // side) if side > 1 else None
+            futs = {ex.submit(execute_task, t, out, nbs, dict(params, culture=t.culture), timeout, _reporter(t, bar, progress), threads): (t, rec)
                     for t, rec in todo}
             if bar and todo: bar.set_postfix_str(f"{s.name} × {', '.join(t.culture for t, _ in todo)}")
             for f in as_completed(futs):
