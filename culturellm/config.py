@@ -261,7 +261,7 @@ PROFILES = {
               'scaling': {'sizes': ['0', '10', 'all'], 'max_tasks': 2, 'task_items': 6, 'n_boot': 1000},
               'augment': {'n': 3, 'm': 6, 'max_rounds': 1, 'max_tokens': 110, 'judge_sample': 40},
               'finetune': {'max_steps': 12},
-              'evaluate': {'max_items': 20, 'max_text_chars': 280, 'n_boot': 1000},
+              'evaluate': {'max_items': 16, 'max_text_chars': 280, 'n_boot': 1000},
               'gallery': {'languages': ['en', 'zh'], 'max_questions': 3, 'camel_templates': 1, 'camel_samples': 1, 'n_boot': 1000,
                           'camel_categories': ['food', 'female_names', 'male_names'], 'tune_languages': ['zh'],
                           'max_instructions': 10, 'translate_tokens': 32, 'qe': 'roundtrip', 'qe_threshold': 0.2, 'tune_steps': 4,
