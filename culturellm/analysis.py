@@ -671,7 +671,7 @@ def reading(R:dict,   # `load_run`
                    f"the largest gap over it is {(k.p - k.r).max():+.3f}.")
     if 'camel' in T:
         C = T['camel']; C = C[(C.category == 'Overall') & (C.country == 'all')] if ((C.category == 'Overall') & (C.country == 'all')).any() else C
-        out.append('CAMeL: ' + '; '.join(f"setting {int(r.setting)} {r.metric} {ci(r.value, r.ci_low, r.ci_high)} vs chance {r.chance:.3f}" for r in C.drop_duplicates(['setting', 'metric'] + (['model'] if 'model' in C else [])).itertuples()) + '.')
+        out.append('CAMeL: ' + '; '.join(f"{(r.model + ', ') if 'model' in C else ''}setting {int(r.setting)} {r.metric} {ci(r.value, r.ci_low, r.ci_high)} vs chance {r.chance:.3f}" for r in C.drop_duplicates(['setting', 'metric'] + (['model'] if 'model' in C else [])).itertuples()) + '.')
     return [s for s in out if s]
 
 def _own_countries(R:dict) -> dict:

@@ -161,6 +161,7 @@ def last_progress(path:Path,        # a stderr file that progress bars write to
         with open(path, 'rb') as f:
             f.seek(0, 2); f.seek(max(0, f.tell() - tail)); text = f.read().decode('utf-8', 'replace')
     except OSError: return None
+    text = re.sub(r'\x1b\[[0-9;]*[A-Za-z]', '', text)   # cursor moves of nested bars
     for seg in reversed(re.split(r'[\r\n]+', text)):
         if _PROGRESS.search(seg):
             desc, _, rest = seg.partition('|')
