@@ -602,8 +602,8 @@ def reading(R:dict,   # `load_run`
     "Sentences reading the results, each computed from the tables: where models stand against their baselines and how often intervals exclude zero."
     T, out = R['tables'], []
     S = T.get('scores')
-    if S is not None and (S.metric == 'macro_f1').any():
-        f1 = _ok(S[S.metric == 'macro_f1'])
+    f1 = _ok(S[S.metric == 'macro_f1']) if S is not None else None
+    if f1 is not None and len(f1):            # (every task skipped, e.g. no data root: nothing to read)
         best = f1.groupby(['culture', 'task']).apply(lambda g: bool((g.value > g.majority_baseline).any()) if 'majority_baseline' in g else False, include_groups=False)
         out.append(f"Downstream tasks: on {int((~best).sum())} of {len(best)} (culture, task) pairs no model's macro-F1 is above the majority-class baseline; "
                    f"tasks have n = {_range(f1.n)} items, and the median 95% interval is ±{np.nanmedian((f1.ci_high - f1.ci_low) / 2):.3f} wide.")

@@ -157,6 +157,18 @@ def test_empty_run_folder(tmp_path):
     assert '_config.json not found_' in md and 'Not in this run' in md
 
 
+def test_every_task_skipped(tmp_path):
+    "A run with no data root scores no task (every row skipped): no performance figure or table, the rest still reported."
+    (tmp_path / 'results').mkdir()
+    (tmp_path / 'results' / 'scores_arabic.csv').write_text(
+        'culture,model,task,metric,value,ci_low,ci_high,n,majority_baseline,random_baseline,ceiling,p_value,excluded,flags,scoring,status\n'
+        'arabic,*,offensive_detect,macro_f1,,,,,,,,,,,logprobs,skipped: no data root\n'
+        'arabic,*,hate_detect,macro_f1,,,,,,,,,,,logprobs,skipped: no data root\n')
+    rec = build_report(tmp_path, formats=('png',))
+    assert 'performance' in rec['absent'] and 'performance' not in rec['figures']
+    assert 'Downstream tasks: on' not in (tmp_path / 'report.md').read_text()
+
+
 # --- bad input ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('name, text, want', [
