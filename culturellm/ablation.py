@@ -78,9 +78,7 @@ def train_setting(F,                # the `FinetuneConfig`
                   max_steps:int,    # optimizer steps (0: the finetune stage's epochs)
                  ) -> dict:
     """Train (or reuse) one adapter: the finetune stage's own where it was trained on the same set with the same settings and
-    seed. A warmup shorter than one step is dropped: the trainer rounds it up to a whole step whose learning rate is 0, which
-    at one or two steps would leave the adapter (nearly) untrained."""
-    if max_steps and F.warmup_ratio * max_steps < 1: F = dataclasses.replace(F, warmup_ratio=0.0)
+    seed."""
     fin = Path(run) / 'adapters' / name
     if same_adapter(fin, F, records, seed, max_steps):
         info = json.loads((fin / 'training.json').read_text())

@@ -220,7 +220,8 @@ def training_key(F,                     # a `FinetuneConfig`
                warmup_steps=warmup_steps(F.warmup_ratio, total_steps(F, len(records), max_steps)),
                weight_decay=F.weight_decay, max_grad_norm=F.max_grad_norm, optim=F.optim, precision=F.precision,
                quantize=F.quantize, collator=collator, row_tokens=F.row_tokens, checkpointing=F.checkpointing, seed=seed)
-    return cfg, data_hash, sha256_json(dict(cfg, data=data_hash))
+    decides = {k: v for k, v in cfg.items() if k != 'warmup_ratio'}   # the whole warmup steps it gives decide, not the ratio
+    return cfg, data_hash, sha256_json(dict(decides, data=data_hash))
 
 def train_lora(F,                       # a `FinetuneConfig`
                records:list,            # training samples: chat records {'messages': [system, user, assistant]}, or plain {'prompt', 'completion'} strings
