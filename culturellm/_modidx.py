@@ -558,5 +558,6 @@ d = { 'settings': { 'branch': 'main',
                                   'culturellm.seeds.validate_chat_record': ('seeds.html#validate_chat_record', 'culturellm/seeds.py'),
                                   'culturellm.seeds.write_chat_jsonl': ('seeds.html#write_chat_jsonl', 'culturellm/seeds.py'),
                                   'culturellm.seeds.wvs_counts': ('seeds.html#wvs_counts', 'culturellm/seeds.py')},
-            'culturellm.stats': { 'culturellm.stats.bootstrap_ci': ('stats.html#bootstrap_ci', 'culturellm/stats.py'),
+            'culturellm.stats': { 'culturellm.stats._draws': ('stats.html#_draws', 'culturellm/stats.py'),
+                                  'culturellm.stats.bootstrap_ci': ('stats.html#bootstrap_ci', 'culturellm/stats.py'),
                                   'culturellm.stats.paired_bootstrap': ('stats.html#paired_bootstrap', 'culturellm/stats.py')}}}

@@ -48,11 +48,10 @@ def smoke_run(tmp_path_factory):
 
 
 def test_smoke_run_folder(smoke_run):
-    """The smoke run of every stage of both studies finishes in under 8 minutes (measured 373 s from a fresh clone while the
-    other pytest worker was busy) and leaves executed notebooks, config.json and manifest.json."""
+    """The smoke run of every stage of both studies succeeds and leaves executed notebooks, config.json and manifest.json
+    (its time is recorded in the manifest, never asserted: a test must not depend on the machine's speed)."""
     out, r, secs = smoke_run
     assert r.returncode == 0, r.stdout + r.stderr
-    assert secs < 480, f"smoke run took {secs:.0f}s"
     cfg = json.loads((out / 'config.json').read_text())
     assert cfg['profile'] == 'smoke' and cfg['cultures'] == ['arabic', 'english']
     m = json.loads((out / 'manifest.json').read_text())
