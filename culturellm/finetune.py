@@ -15,9 +15,10 @@ from .config import atomic_write_json, read_jsonl, seed_of, sha256_json, write_j
 from .seeds import sft_record, write_chat_jsonl
 
 # %% auto #0
-__all__ = ['load_augmented', 'split_holdout', 'nested_subset', 'variant_questions', 'culture_samples', 'one_samples',
-           'write_sets', 'train_device', 'PackedCollator', 'warmup_steps', 'total_steps', 'load_base', 'training_key',
-           'train_lora', 'answer_suffix', 'answer_items', 'agreement', 'agreement_table']
+__all__ = ['load_augmented', 'lineages', 'split_augmented', 'write_split', 'nested_subset', 'variant_questions',
+           'culture_samples', 'one_samples', 'write_sets', 'train_device', 'PackedCollator', 'warmup_steps',
+           'total_steps', 'load_base', 'training_key', 'train_lora', 'answer_suffix', 'answer_items', 'agreement',
+           'agreement_table']
 
 # %% ../nbs/02_finetune.ipynb #f008
 def _unit_hash(*parts) -> float:
@@ -25,20 +26,53 @@ def _unit_hash(*parts) -> float:
     return (seed_of(*parts) >> 12) / 16 ** 13
 
 def load_augmented(run:str|Path) -> dict:
-    "The augment stage's kept questions: {'a': step-1 rewrites, 'b': step-2 variants}, each a list of records (q_id, text, ...)."
+    "The augment stage's kept questions: {'a': step-1 rewrites, 'b': step-2 variants}, each a list of records (q_id, text, parent, ...)."
     d = Path(run) / 'data'
     for f in ('augment_step1.jsonl', 'augmented.jsonl'):
         if not (d / f).exists(): raise FileNotFoundError(f"{d / f}: not found; run the augment stage first (culturellm run --stages augment)")
     return {'a': [r for r in read_jsonl(d / 'augment_step1.jsonl') if r['status'] == 'kept'], 'b': read_jsonl(d / 'augmented.jsonl')}
 
-def split_holdout(recs:list,        # augmented records (q_id, text)
-                  share:float,      # share held out
-                  seed:int=0,       # the study seed
-                 ) -> tuple:
-    "(train, held-out) records: each record's side is fixed by a hash of (seed, seed question, text), so it never moves."
-    held = [r for r in recs if _unit_hash('holdout', seed, r['q_id'], r['text']) < share]
-    keep = {id(r) for r in held}
-    return [r for r in recs if id(r) not in keep], held
+def lineages(aug:dict,               # {'a': step-1 records, 'b': step-2 records} (q_id, text, parent)
+             questions:list|None=None, # the seed `Question`s (default: the 50): a step-2 variant of a seed itself is its own lineage
+            ) -> dict:
+    "{(q_id, normalised text): lineage}: a step-1 rewrite with all its step-2 variants (and any wording equal to one of them) is one lineage, named by its step-1 text."
+    from culturellm.augment import norm_text
+    from culturellm.seeds import load_questions
+    seeds = {q.id: norm_text(q.text) for q in (questions or load_questions())}
+    up = {}                                                        # union-find over (q_id, normalised text)
+    def find(x):
+        while up.setdefault(x, x) != x: up[x] = up[up[x]]; x = up[x]
+        return x
+    recs = [(r, 1) for r in aug.get('a', [])] + [(r, 2) for r in aug.get('b', [])]
+    step = {}
+    for r, s in recs:
+        x = (r['q_id'], norm_text(r['text'])); find(x); step[x] = min(step.get(x, 9), r.get('step', s))
+        p = norm_text(r.get('parent') or '')
+        if p and p != seeds.get(r['q_id']) and s == 2:             # a variant of a rewrite joins the rewrite's lineage
+            y = (r['q_id'], p); step.setdefault(y, 1); a, b = find(x), find(y)
+            if a != b: up[max(a, b, key=lambda z: (step[z], z))] = min(a, b, key=lambda z: (step[z], z))
+    return {x: find(x)[1] for x in up}
+
+def split_augmented(aug:dict,          # {'a': step-1 records, 'b': step-2 records}, as `load_augmented` gives them
+                    share:float,       # share of lineages held out
+                    seed:int=0,        # the study seed
+                    questions:list|None=None, # the seed `Question`s (see `lineages`)
+                   ) -> tuple:
+    "(train, held-out), each {'a': [...], 'b': [...]}: whole lineages fall on one side, fixed by a hash of (seed, question, lineage), so no held-out wording has a parent, child or sibling in training."
+    from culturellm.augment import norm_text
+    lin = lineages(aug, questions)
+    held_of = lambda r: _unit_hash('holdout', seed, r['q_id'], lin[(r['q_id'], norm_text(r['text']))]) < share
+    train, held = {}, {}
+    for k, rs in aug.items():
+        train[k] = [dict(r, lineage=lin[(r['q_id'], norm_text(r['text']))]) for r in rs if not held_of(r)]
+        held[k] = [dict(r, lineage=lin[(r['q_id'], norm_text(r['text']))]) for r in rs if held_of(r)]
+    return train, held
+
+def write_split(run:str|Path, train:dict, held:dict) -> Path:
+    "`data/holdout_split.jsonl`: every augmented wording with its step, lineage and side (train or held-out), for a reader to check."
+    rows = [dict(q_id=r['q_id'], step=r.get('step', 1 if k == 'a' else 2), text=r['text'], parent=r.get('parent'), lineage=r['lineage'], side=side)
+            for side, part in (('train', train), ('held-out', held)) for k, rs in part.items() for r in rs]
+    return write_jsonl(Path(run) / 'data' / 'holdout_split.jsonl', sorted(rows, key=lambda r: (r['q_id'], r['lineage'], r['step'], r['text'])))
 
 def nested_subset(recs:list, k:int, seed:int=0) -> list:
     "The first `k` records of a seeded order that takes the seeds in turn: subsets for growing `k` are nested and balanced over seeds."
@@ -53,6 +87,7 @@ def nested_subset(recs:list, k:int, seed:int=0) -> list:
             if len(out) == k: break
         depth += 1
     return out
+
 
 def variant_questions(questions:list,   # the 50 seed `Question`s
                       aug:dict,         # {'a': step-1 records, 'b': step-2 records} (training side only)
@@ -295,10 +330,11 @@ def agreement(lm,                       # a backend with `score_options`
               answers:dict,             # {question id: the culture's answer code}
               model:str,                # a label for the model ('base', 'tuned', 'One')
               suffix:str='',
+              style:str='default',      # the prompt style the model was trained with (`seeds.prompt_style`)
              ) -> pd.DataFrame:
     "One row per question: the model's chosen answer code, the culture's, whether they agree, and the probability it gives the culture's."
     rows = [r for r in rows if isinstance(answers.get(r[0].id, answers.get(str(r[0].id))), (int, np.integer))]
-    sc = lm.score_options(answer_items(rows, culture, suffix))
+    sc = lm.score_options(answer_items(rows, culture, suffix, style))
     out = []
     for (q, text, split), s in zip(rows, sc):
         gold = int(answers.get(q.id, answers.get(str(q.id)))); p = s.probs(); pred = q.scale.codes[int(np.argmax(p))]
@@ -306,18 +342,25 @@ def agreement(lm,                       # a backend with `score_options`
                         agree=int(pred == gold), p_gold=float(p[q.scale.codes.index(gold)])))
     return pd.DataFrame(out)
 
-def agreement_table(df:pd.DataFrame, base:str='base', seed:int=0) -> pd.DataFrame:
-    "Agreement per culture, split and model with a bootstrap 95% CI, and each model's paired difference from `base` on the same questions."
+def agreement_table(df:pd.DataFrame,   # `agreement` rows of one or more models (culture, split, model, q_id, text, agree, p_gold)
+                    base:str='base',    # the model the others are compared with
+                    seed:int=0, n_boot:int=2000,
+                   ) -> pd.DataFrame:
+    "Agreement per culture, split and model with a 95% interval that resamples seed questions (a question's wordings share one gold answer), and each model's paired difference from `base` on the same wordings."
     from culturellm.stats import bootstrap_ci, paired_bootstrap
     out = []
     for (c, split), g in df.groupby(['culture', 'split']):
-        b = g[g.model == base].set_index('q_id')['agree'] if base in set(g.model) else None
+        key = ['q_id', 'text'] if 'text' in g else ['q_id']
+        b = g[g.model == base].drop_duplicates(key).set_index(key)['agree'] if base in set(g.model) else None
         for m, h in g.groupby('model', sort=False):
-            v, lo, hi = bootstrap_ci(h['agree'].to_numpy(), seed=seed)
-            row = dict(culture=c, split=split, model=m, n=len(h), agreement=v, ci_low=lo, ci_high=hi, p_gold=h['p_gold'].mean())
+            v, lo, hi = bootstrap_ci(h['agree'].to_numpy(float), n_boot=n_boot, seed=seed, clusters=h['q_id'].to_numpy())
+            row = dict(culture=c, split=split, model=m, n=len(h), questions=h['q_id'].nunique(), agreement=v, ci_low=lo, ci_high=hi,
+                       ci_unit='seed question', p_gold=h['p_gold'].mean())
+            if 'off_scale' in h: row['off_scale'] = int(h['off_scale'].sum())
             if b is not None and m != base:
-                t = h.set_index('q_id')['agree']; ix = b.index.intersection(t.index)
-                d = paired_bootstrap(b.loc[ix].to_numpy(), t.loc[ix].to_numpy(), seed=seed)
+                t = h.drop_duplicates(key).set_index(key)['agree']; ix = b.index.intersection(t.index)
+                units = [i[0] if isinstance(i, tuple) else i for i in ix]
+                d = paired_bootstrap(b.loc[ix].to_numpy(float), t.loc[ix].to_numpy(float), n_boot=n_boot, seed=seed, clusters=units)
                 row.update(diff=d['diff'], diff_low=d['low'], diff_high=d['high'], p_value=d['p'])
             out.append(row)
     return pd.DataFrame(out)
