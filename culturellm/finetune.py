@@ -103,15 +103,15 @@ def variant_questions(questions:list,   # the 50 seed `Question`s
 
 def culture_samples(items:list,      # (Question, text, source) triples
                     culture,         # the `Culture`
-                    answers:dict,    # {question id: answer code or None} (00_seeds `culture_answers`)
+                    answers:dict,    # {question id: answer code, compat's off-scale text (str) or None} (00_seeds `culture_answers`)
                     style:str='default',
                    ) -> tuple:
-    "(chat records, counts): one record per question the culture has an answer for; repeated questions once; conflicting ones dropped."
+    "(chat records, counts): one record per question the culture has an answer for (an off-scale text trains as that text); repeated questions once; conflicting ones dropped."
     recs, seen, counts = {}, {}, dict(questions=len(items), no_answer=0, repeated=0, conflicting=0)
     for q, text, src in items:
         a = answers.get(q.id, answers.get(str(q.id)))
-        if not isinstance(a, (int, np.integer)) or isinstance(a, bool): counts['no_answer'] += 1; continue
-        r = sft_record(q, culture, int(a), style, None if text == q.text else text)
+        if not isinstance(a, (int, np.integer, str)) or isinstance(a, bool): counts['no_answer'] += 1; continue
+        r = sft_record(q, culture, a if isinstance(a, str) else int(a), style, None if text == q.text else text)
         key = sha256_json(r['messages'][:2])
         if key in seen:
             if seen[key] == r['messages'][2]['content']: counts['repeated'] += 1
@@ -327,19 +327,22 @@ def answer_items(rows:list,             # (Question, text, split) triples
 def agreement(lm,                       # a backend with `score_options`
               rows:list,                # (Question, text, split) triples
               culture,                  # the `Culture`
-              answers:dict,             # {question id: the culture's answer code}
+              answers:dict,             # {question id: the culture's answer code, or compat's off-scale text (str)}
               model:str,                # a label for the model ('base', 'tuned', 'One')
               suffix:str='',
               style:str='default',      # the prompt style the model was trained with (`seeds.prompt_style`)
              ) -> pd.DataFrame:
-    "One row per question: the model's chosen answer code, the culture's, whether they agree, and the probability it gives the culture's."
-    rows = [r for r in rows if isinstance(answers.get(r[0].id, answers.get(str(r[0].id))), (int, np.integer))]
+    """One row per question: the model's chosen answer code, the culture's, whether they agree, and the probability it gives
+    the culture's. An off-scale gold (`compat`'s text) is none of the codes the model chooses among: agree 0, p_gold 0, `off_scale` True."""
+    gold_of = lambda q: answers.get(q.id, answers.get(str(q.id)))
+    rows = [r for r in rows if isinstance(g := gold_of(r[0]), (int, np.integer, str)) and not isinstance(g, bool)]
     sc = lm.score_options(answer_items(rows, culture, suffix, style))
     out = []
     for (q, text, split), s in zip(rows, sc):
-        gold = int(answers.get(q.id, answers.get(str(q.id)))); p = s.probs(); pred = q.scale.codes[int(np.argmax(p))]
+        g = gold_of(q); off = isinstance(g, str); gold = g if off else int(g)
+        p = s.probs(); pred = q.scale.codes[int(np.argmax(p))]
         out.append(dict(culture=culture.name, model=model, q_id=q.id, text=text, split=split, gold=gold, pred=pred,
-                        agree=int(pred == gold), p_gold=float(p[q.scale.codes.index(gold)])))
+                        agree=int(not off and pred == gold), p_gold=0.0 if off else float(p[q.scale.codes.index(gold)]), off_scale=off))
     return pd.DataFrame(out)
 
 def agreement_table(df:pd.DataFrame,   # `agreement` rows of one or more models (culture, split, model, q_id, text, agree, p_gold)

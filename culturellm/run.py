@@ -330,7 +330,7 @@ def _cmd_cultures(args):
     return 0
 
 def _cmd_answers(args):
-    from culturellm.seeds import load_cultures, get_culture, wvs_counts, culture_answers, load_questions
+    from culturellm.seeds import load_cultures, get_culture, wvs_counts, culture_answers, load_questions, answer_label
     C = get_culture(args.culture, load_cultures(args.cultures_file))
     qs = load_questions()
     counts = wvs_counts(C, 'embedded', args.wvs, None, qs, not args.unweighted)
@@ -339,8 +339,9 @@ def _cmd_answers(args):
     if args.json: print(json.dumps(js)); return 0
     for q in qs:
         a = ans[q.id]
-        lab = q.scale.label(a) if isinstance(a, int) else ('(not asked)' if a is None else ' '.join(f"{c}:{p:.2f}" for c, p in a.items()))
-        print(f"Q{q.id:<4d} {('' if not isinstance(a, int) else a)!s:>3s}  {lab:28s} {q.short[:70]}")
+        if isinstance(a, dict): lab = ' '.join(f"{c}:{p:.2f}" for c, p in a.items())
+        else: lab = answer_label(q, a) if isinstance(a, int) else f"({answer_label(q, a)})"   # not asked; compat's off-scale text
+        print(f"Q{q.id:<4d} {'' if a is None or isinstance(a, dict) else a!s:>3s}  {lab:28s} {q.short[:70]}")
     return 0
 
 def _cmd_run(args):

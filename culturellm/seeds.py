@@ -23,9 +23,10 @@ __all__ = ['WVS7_COUNTRIES', 'WVS7_NUMERIC', 'CULTURES', 'SCALE_FIXES', 'MISSING
            'Question', 'question_from_record', 'load_questions', 'question_prompt', 'WVSDataError', 'read_wvs',
            'CountryCounts', 'count_answers', 'counts_to_json', 'counts_from_json', 'build_embedded',
            'load_embedded_counts', 'country_distribution', 'culture_distribution', 'apply_rule', 'compat_answer',
-           'wvs_counts', 'culture_answers', 'system_prompt', 'sft_messages', 'sft_record', 'prompt_completion',
-           'validate_chat_record', 'write_chat_jsonl', 'js_distance', 'country_distances', 'classical_mds',
-           'plot_answer_heatmap', 'normalised_means', 'plot_cultures_heatmap', 'plot_country_map', 'resolve_cultures']
+           'wvs_counts', 'culture_answers', 'is_off_scale', 'answer_label', 'system_prompt', 'answer_text',
+           'sft_messages', 'sft_record', 'prompt_completion', 'validate_chat_record', 'write_chat_jsonl', 'js_distance',
+           'country_distances', 'classical_mds', 'plot_answer_heatmap', 'normalised_means', 'plot_cultures_heatmap',
+           'plot_country_map', 'resolve_cultures', 'stage_answers']
 
 # %% ../nbs/00_seeds.ipynb #c008
 WVS7_COUNTRIES = {
@@ -430,13 +431,26 @@ def wvs_counts(culture:Culture,           # the culture whose countries to load
 
 # %% ../nbs/00_seeds.ipynb #c050
 def culture_answers(culture:Culture, counts:dict, rule:str='majority', questions:list|None=None, weighted:bool=True) -> dict:
-    "{question id: answer} of `culture` under `rule`; None where no country of the culture was asked."
+    """{question id: answer} of `culture` under `rule`; None where no country of the culture was asked. An answer is
+    an int code of the question's scale, except under `compat`, whose number can lie off the scale: that one is the
+    original's text (a `str`, '3'), so that nothing mistakes it for a code."""
     questions = questions or load_questions()
     if rule not in ANSWER_RULES: raise ConfigError(f"config key 'seeds.answer_rule': expected one of {', '.join(ANSWER_RULES)}, got {rule!r}")
     if rule == 'compat':
         first = counts[culture.countries[0]]   # the first half of the original's files: Iraq for Arabic, Argentina for Spanish
-        return {q.id: compat_answer(first, q) for q in questions}
+        return {q.id: a if (a := compat_answer(first, q)) in q.scale else str(a) for q in questions}
     return {q.id: apply_rule(culture_distribution(counts, culture.countries, q, weighted), q, rule) for q in questions}
+
+def is_off_scale(a) -> bool:
+    "Whether an answer is the `compat` rule's off-scale text (a `str`), not a code, a distribution or None."
+    return isinstance(a, str)
+
+def answer_label(q:Question, a) -> str:
+    "How an answer of `q` reads: its code's label, 'off the scale' (compat), 'not asked' (None) or 'distribution'."
+    if a is None: return 'not asked'
+    if is_off_scale(a): return 'off the scale'
+    if isinstance(a, dict): return 'distribution'
+    return q.scale.label(int(a))
 
 # %% ../nbs/00_seeds.ipynb #c056
 def system_prompt(culture:Culture, style:str='default') -> str:
@@ -444,20 +458,31 @@ def system_prompt(culture:Culture, style:str='default') -> str:
     if style == 'compat': return f"You are an {culture.original_name} chatbot that know {culture.original_name} very well."
     return culture.system_prompt
 
-def sft_messages(q:Question, culture:Culture, answer:int, style:str='default', text:str|None=None) -> list:
-    "System, user and assistant messages asking `q` (or its paraphrase `text`) with `answer` as the reply."
-    if not isinstance(answer, (int, np.integer)) or isinstance(answer, bool) or (answer not in q.scale and style != 'compat'):
-        # `compat` reproduces the original, whose invented answers can lie off the scale (China Q125: 3 on 0..2)
-        raise ValueError(f"question Q{q.id}: answer {answer!r} is not a code of its scale {q.scale.values}")
+def answer_text(q:Question, answer:int|str) -> str:
+    "The assistant's reply for `answer`: an int code of `q`'s scale as digits, or the `compat` rule's off-scale text as it is."
+    if is_off_scale(answer):
+        t = answer.strip()
+        if not t: raise ValueError(f"question Q{q.id}: empty answer text")
+        if re.fullmatch(r'-?\d+', t) and int(t) in q.scale:
+            raise ValueError(f"question Q{q.id}: answer {answer!r} is a code of its scale; pass it as the int {int(t)}")
+        return t
+    if not isinstance(answer, (int, np.integer)) or isinstance(answer, bool) or answer not in q.scale:
+        raise ValueError(f"question Q{q.id}: answer {answer!r} is not a code of its scale {q.scale.values} "
+                         "(an answer off the scale, which only the compat rule makes, is passed as its text: '3')")
+    return str(int(answer))
+
+def sft_messages(q:Question, culture:Culture, answer:int|str, style:str='default', text:str|None=None) -> list:
+    "System, user and assistant messages asking `q` (or its paraphrase `text`) with `answer` (`answer_text`) as the reply."
+    reply = answer_text(q, answer)
     return [{'role': 'system', 'content': system_prompt(culture, style)},
             {'role': 'user', 'content': question_prompt(q, style, text)},
-            {'role': 'assistant', 'content': str(int(answer))}]
+            {'role': 'assistant', 'content': reply}]
 
-def sft_record(q:Question, culture:Culture, answer:int, style:str='default', text:str|None=None) -> dict:
+def sft_record(q:Question, culture:Culture, answer:int|str, style:str='default', text:str|None=None) -> dict:
     "An OpenAI chat fine-tuning record: {'messages': [...]}."
     return {'messages': sft_messages(q, culture, answer, style, text)}
 
-def prompt_completion(q:Question, culture:Culture, answer:int, style:str='default', text:str|None=None) -> dict:
+def prompt_completion(q:Question, culture:Culture, answer:int|str, style:str='default', text:str|None=None) -> dict:
     "The same sample as {'prompt': [system, user], 'completion': [assistant]} (TRL's conversational prompt-completion)."
     m = sft_messages(q, culture, answer, style, text)
     return {'prompt': m[:2], 'completion': m[2:]}
@@ -497,18 +522,22 @@ def country_distances(counts:dict, questions:list|None=None, weighted:bool=True)
     return D
 
 def classical_mds(D:np.ndarray, k:int=2) -> np.ndarray:
-    "Torgerson MDS: `k`-dimensional coordinates whose distances approximate the symmetric matrix `D`."
+    "Torgerson MDS: `k`-dimensional coordinates whose distances approximate the symmetric matrix `D` (dimensions beyond n − 1 points are 0)."
     D = np.asarray(D, float); n = len(D)
+    if D.shape != (n, n): raise ValueError(f"classical_mds: expected a square distance matrix, got shape {D.shape}")
+    if n == 0: return np.zeros((0, k))
     J = np.eye(n) - np.ones((n, n)) / n
     B = -0.5 * J @ (D ** 2) @ J
     w, V = np.linalg.eigh(B)
     idx = np.argsort(w)[::-1][:k]
     X = V[:, idx] * np.sqrt(np.clip(w[idx], 0, None))
-    return X * np.sign(X[np.argmax(np.abs(X), axis=0), range(k)])   # a deterministic orientation
+    X = np.pad(X, ((0, 0), (0, k - X.shape[1])))                    # fewer points than dimensions: the rest are 0
+    flip = np.sign(X[np.argmax(np.abs(X), axis=0), range(k)]); flip[flip == 0] = 1
+    return X * flip                                                  # a deterministic orientation
 
 # %% ../nbs/00_seeds.ipynb #c067
 def plot_answer_heatmap(culture:Culture, counts:dict, answers:dict, questions:list|None=None, weighted:bool=True):
-    "Heatmap of the culture's answer distribution per question (rows) over scale positions, the answer marked."
+    "Heatmap of the culture's answer distribution per question (rows) over scale positions, the answer marked (★; an off-scale `compat` answer is written out)."
     import matplotlib.pyplot as plt
     questions = questions or load_questions()
     width = max(len(q.scale.codes) for q in questions)
@@ -520,8 +549,9 @@ def plot_answer_heatmap(culture:Culture, counts:dict, answers:dict, questions:li
     im = ax.imshow(M, aspect='auto', cmap='viridis', vmin=0, vmax=1)
     for i, q in enumerate(questions):
         a = answers.get(q.id)
-        if isinstance(a, int): ax.plot(q.scale.values.index(a), i, 'w*', ms=7)
-        elif a is None: ax.text(0, i, 'not asked', va='center', fontsize=7, color='0.4')
+        if a is None: ax.text(0, i, 'not asked', va='center', fontsize=7, color='0.4')
+        elif is_off_scale(a): ax.text(width - 0.5, i, f"answer {a}: off the scale", ha='right', va='center', fontsize=6, color='crimson')
+        elif not isinstance(a, dict): ax.plot(q.scale.values.index(int(a)), i, 'w*', ms=7)
     ax.set_yticks(range(len(questions)), [f"Q{q.id} {q.short[:40]}" for q in questions], fontsize=6)
     ax.set_xticks(range(width), [str(i + 1) for i in range(width)]); ax.set_xlabel('scale position (lowest code first)')
     ax.set_title(f"{culture.name}: share of valid answers ({', '.join(culture.countries)}); ★ = answer")
@@ -559,14 +589,16 @@ def plot_country_map(counts:dict, highlight=(), questions:list|None=None, weight
     "The countries placed by classical MDS on the mean JS distance of their answers; `highlight` in red."
     import matplotlib.pyplot as plt
     D = country_distances(counts, questions, weighted)
-    D = D.fillna(D.stack().mean())
+    off = D.values[~np.eye(len(D), dtype=bool)]
+    D = D.fillna(float(np.nanmean(off)) if np.isfinite(off).any() else 0.0)   # a pair never asked the same item: the mean distance
     X = classical_mds(D.values)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     for (x, y), c in zip(X, D.index):
         hot = c in highlight
         ax.scatter(x, y, s=70 if hot else 40, c='crimson' if hot else 'steelblue', zorder=3)
         ax.annotate(country_name(c), (x, y), xytext=(4, 4), textcoords='offset points', fontsize=9, weight='bold' if hot else 'normal')
-    ax.set_title('Countries by their WVS answers (classical MDS of mean Jensen–Shannon distance)', fontsize=9)
+    ax.set_title('Countries by their WVS answers (classical MDS of mean Jensen–Shannon distance)'
+                 + ('\nonly one country: nothing to place it against' if len(D) == 1 else ''), fontsize=9)
     ax.set_xlabel('dimension 1'); ax.set_ylabel('dimension 2'); ax.grid(alpha=.3)
     fig.tight_layout()
     return fig
@@ -577,3 +609,20 @@ def resolve_cultures(names, cultures:dict) -> list:
     names = list(cultures) if list(names) == ['all'] else list(names)
     for n in names: get_culture(n, cultures)
     return names
+
+# %% ../nbs/00_seeds.ipynb #c070b
+def stage_answers(run:str|Path,       # the run folder
+                  C:Culture,          # the culture
+                  cfg:Config,         # the run's configuration (its `seeds` section decides the answers)
+                  required:bool=True, # a run folder: the seeds stage's file must exist
+                 ) -> dict:
+    "{question id: answer} the seeds stage wrote for `C`; without its file, an error naming it (`required`) or the answers computed under `cfg.seeds`."
+    f = Path(run) / 'data' / 'answers' / f'{C.name}.json'
+    if f.exists():
+        try: raw = json.loads(f.read_text())['answers']
+        except (ValueError, KeyError) as e: raise ValueError(f"{f}: not a seeds-stage answers file ({e})") from None
+        return {int(k): ({int(c): p for c, p in v.items()} if isinstance(v, dict) else v) for k, v in raw.items()}
+    if required: raise FileNotFoundError(f"{f}: not found; run the seeds stage first (culturellm run --stages seeds)")
+    S = cfg.seeds
+    root = data_root(cfg, required=S.source == 'microdata' and not (S.wvs_file or C.wvs_file))
+    return culture_answers(C, wvs_counts(C, S.source, S.wvs_file, root, weighted=S.weighted), S.answer_rule, weighted=S.weighted)

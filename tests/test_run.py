@@ -175,6 +175,19 @@ def test_answers_command_anywhere(tmp_path):
     assert json.loads(cli('answers', 'chinese', '--rule', 'compat', '--json').stdout)['132'] == 3
 
 
+def test_answers_compat_prints_every_question():
+    """`culturellm answers chinese --rule compat` prints all 50 questions: the original's answer that lies off its
+    question's scale (Q125: 3 on 0..2) reads as such, and is the text '3' in JSON, never the code 3."""
+    r = cli('answers', 'chinese', '--rule', 'compat')
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 50, r.stdout
+    q125 = next(l for l in lines if l.startswith('Q125'))
+    assert q125.split()[:2] == ['Q125', '3'] and '(off the scale)' in q125, q125
+    js = json.loads(cli('answers', 'chinese', '--rule', 'compat', '--json').stdout)
+    assert js['125'] == '3' and js['132'] == 3 and js['27'] == 2
+
+
 def test_answers_from_weighted_file(tmp_path):
     "`--wvs FILE` reads a cross-national-style file and applies its weights."
     qs = load_questions()

@@ -12,8 +12,8 @@ import pytest
 
 import culturellm
 from culturellm.config import ConfigError
-from culturellm.seeds import (CULTURES, Culture, WVSDataError, build_embedded, culture_answers, get_culture,
-                              load_cultures, load_questions, question_prompt, read_wvs, sft_record, wvs_counts)
+from culturellm.seeds import (CULTURES, Culture, WVSDataError, answer_label, build_embedded, culture_answers, get_culture,
+                              is_off_scale, load_cultures, load_questions, question_prompt, read_wvs, sft_record, wvs_counts)
 
 PKG_DATA = Path(culturellm.__file__).resolve().parent / 'data'
 
@@ -165,14 +165,15 @@ def test_tie_breaks_and_rounding(tmp_path):
 # ================================================================== 2. China's never-asked items
 @pytest.mark.parametrize('source', ['embedded', 'microdata'])
 def test_china_not_asked(data_root, source, questions):
-    "China's 18 never-asked items have no answer under majority, mean and distribution; compat gives 3."
+    """China's 18 never-asked items have no answer under majority, mean and distribution; compat gives 3, as an int
+    code where 3 is on the scale and as the original's text '3' where it is not (Q125, coded 0..2)."""
     assert [q for q in questions if not valid_codes(data_root, 'CHN', f'Q{q}')] == CHINA_NOT_ASKED
     c = CULTURES['chinese']; counts = wvs_counts(c, source, root=data_root)
     for rule in ('majority', 'mean', 'distribution'):
         a = culture_answers(c, counts, rule)
         assert [q for q, v in a.items() if v is None] == CHINA_NOT_ASKED, rule
     a = culture_answers(c, counts, 'compat')
-    assert {a[q] for q in CHINA_NOT_ASKED} == {3}
+    assert {q: a[q] for q in CHINA_NOT_ASKED} == {q: '3' if q == 125 else 3 for q in CHINA_NOT_ASKED}
 
 
 # ================================================================== 3. compat against the original release
@@ -203,7 +204,8 @@ def test_compat_matches_csv_avg_row(data_root, country, questions):
     culture = Culture('x', (country,), 'X')
     got = culture_answers(culture, wvs_counts(culture), 'compat')
     avg = next(r for r in csv_table(data_root / 'culturellm' / EXTRACTS[country])[1] if r['B_COUNTRY'] == 'Avg')
-    assert {q: got[q] for q in questions} == {q: abs(int(float(avg[f'Q{q}']))) for q in questions}
+    want = {q: abs(int(float(avg[f'Q{q}']))) for q in questions}
+    assert {q: got[q] for q in questions} == {q: v if v in questions[q].scale else str(v) for q, v in want.items()}
 
 @pytest.mark.parametrize('culture', list(FINETUNE))
 def test_compat_records_reproduce_original(data_root, culture, questions):
@@ -216,12 +218,21 @@ def test_compat_records_reproduce_original(data_root, culture, questions):
     assert [sft_record(q, c, ans[q.id], 'compat') for q in questions.values()] == rows[:50]
 
 
-def test_compat_off_scale_only_in_compat(questions):
-    "The off-scale answer is accepted in the compat style only; the default style refuses it."
+def test_compat_off_scale_is_text(questions):
+    """The compat rule's off-scale answer is the original's text (China Q125: '3' on a 0..2 scale): it trains as that
+    text in either prompt style and reads 'off the scale'; an int off the scale, or a text that is a code, is refused."""
     c = CULTURES['chinese']
-    assert sft_record(questions[125], c, 3, 'compat')['messages'][2]['content'] == '3'
+    a = culture_answers(c, wvs_counts(c), 'compat')
+    assert a[125] == '3' and is_off_scale(a[125]) and answer_label(questions[125], a[125]) == 'off the scale'
+    assert [q for q, v in a.items() if is_off_scale(v)] == [125]
+    for style in ('compat', 'default'):
+        assert sft_record(questions[125], c, a[125], style)['messages'][2]['content'] == '3'
     with pytest.raises(ValueError, match='Q125: answer 3 is not a code of its scale'):
-        sft_record(questions[125], c, 3)
+        sft_record(questions[125], c, 3, 'compat')
+    with pytest.raises(ValueError, match="'1' is a code of its scale; pass it as the int 1"):
+        sft_record(questions[125], c, '1')
+    for rule in ('majority', 'mean'):
+        assert not any(is_off_scale(v) for v in culture_answers(c, wvs_counts(c), rule).values())
 
 
 # ================================================================== 4. the shipped aggregate
