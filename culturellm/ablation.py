@@ -18,15 +18,15 @@ from .stats import bootstrap_ci
 
 # %% auto #0
 __all__ = ['SETTINGS', 'MEASURES', 'RESULT_COLUMNS', 'JUDGE_PROMPT', 'JUDGE_OPTIONS', 'training_seeds', 'variant_samples',
-           'same_adapter', 'ablation_adapter', 'train_setting', 'local_file', 'local_prompts', 'local_samples',
-           'downstream_rows', 'wvs_measure_rows', 'summarise', 'open_prompt', 'judge_items', 'judge_pairs', 'win_rates',
-           'anchor_pairs', 'bench_file', 'read_gsm8k', 'read_bbh', 'bench_prompt', 'bench_correct', 'forgetting_table',
-           'plot_ablation', 'plot_winrate']
+           'same_adapter', 'ablation_adapter', 'train_setting', 'local_file', 'local_prompts', 'english_prompts',
+           'local_samples', 'downstream_rows', 'wvs_measure_rows', 'summarise', 'open_prompt', 'judge_items',
+           'judge_pairs', 'win_rates', 'anchor_pairs', 'bench_file', 'read_gsm8k', 'read_bbh', 'bench_prompt',
+           'bench_correct', 'forgetting_table', 'plot_ablation', 'plot_winrate']
 
 # %% ../nbs/04_ablation.ipynb #7f9f6da1
-SETTINGS = ('base', 'context', 'wvs', 'wvs_a', 'wvs_ab', 'wvs_local')   # the rows of the ablation, in the figure's order
+SETTINGS = ('base', 'context', 'wvs', 'wvs_a', 'wvs_ab', 'wvs_local_en', 'wvs_local')   # the rows of the ablation, in the figure's order
 MEASURES = ('macro_f1', 'macro_f1_mean', 'wvs_alignment', 'agreement')
-RESULT_COLUMNS = ['culture', 'setting', 'seed', 'measure', 'task', 'score', 'lo', 'hi', 'n', 'model']
+RESULT_COLUMNS = ['culture', 'setting', 'seed', 'measure', 'task', 'score', 'lo', 'hi', 'n', 'model', 'ci_unit']
 
 def training_seeds(seed:int,   # the study seed
                    n:int,      # training seeds wanted
@@ -88,7 +88,6 @@ def train_setting(F,                # the `FinetuneConfig`
     return dict(path=str(out), reused='ablation' if info.get('reused') else None, steps=info['steps'],
                 seconds=0.0 if info.get('reused') else info['seconds'], samples=len(records))
 
-
 # %% ../nbs/04_ablation.ipynb #0908c8fb
 def local_file(root:str|Path|None,   # the data root
                culture,              # the `Culture`
@@ -116,6 +115,12 @@ def local_prompts(path:str|Path,   # a translated set (`local_file`)
         out[q.id] = user.strip()
     return out
 
+def english_prompts(questions:list,  # the 50 seed `Question`s
+                   ) -> dict:
+    "{question id: the English prompt the release's translation was made from}: the original's template (`question_prompt(q, 'compat')`), the same text as the release's English rows."
+    from culturellm.seeds import question_prompt
+    return {q.id: question_prompt(q, 'compat') for q in questions}
+
 def local_samples(questions:list,   # the 50 seed `Question`s
                   culture,          # the `Culture`
                   answers:dict,     # {question id: the culture's answer}
@@ -126,7 +131,6 @@ def local_samples(questions:list,   # the 50 seed `Question`s
     recs, _ = culture_samples([(q, q.text, 'seed') for q in questions if q.id in prompts], culture, answers, style)
     return [dict(r, messages=[r['messages'][0], {'role': 'user', 'content': prompts[r['q_id']]}, r['messages'][2]], source='local')
             for r in recs]
-
 
 # %% ../nbs/04_ablation.ipynb #3dadb0f4
 def downstream_rows(pred:pd.DataFrame,   # `predict_tasks` rows of one model (one culture's or several cultures' tasks)
@@ -141,7 +145,7 @@ def downstream_rows(pred:pd.DataFrame,   # `predict_tasks` rows of one model (on
         if not len(p): continue
         g, q = encode(p.gold.tolist(), p.pred.tolist(), list(t.labels))
         v, lo, hi = bootstrap_ci((g, q), lambda a, b, K=len(t.labels): macro_f1_codes(a, b, K), n_boot, seed=seed)
-        out.append(dict(measure='macro_f1', task=t.key if len({x.culture for x in tasks}) > 1 else t.task, score=v, lo=lo, hi=hi, n=len(g)))
+        out.append(dict(measure='macro_f1', task=t.key if len({x.culture for x in tasks}) > 1 else t.task, score=v, lo=lo, hi=hi, n=len(g), ci_unit='item'))
         enc.append((g, q, len(t.labels)))
     if enc:
         rng = np.random.default_rng(seed)
@@ -149,7 +153,7 @@ def downstream_rows(pred:pd.DataFrame,   # `predict_tasks` rows of one model (on
                 for _ in range(n_boot)]
         lo, hi = np.percentile(boot, [2.5, 97.5])
         out.append(dict(measure='macro_f1_mean', task=f'mean of {len(enc)} tasks', score=float(np.mean([r['score'] for r in out])),
-                        lo=float(lo), hi=float(hi), n=int(sum(len(g) for g, _, _ in enc))))
+                        lo=float(lo), hi=float(hi), n=int(sum(len(g) for g, _, _ in enc)), ci_unit='item (within each task)'))
     return out
 
 def wvs_measure_rows(dists:pd.DataFrame,  # `model_distributions` rows of one model (q_id, dist), one culture's system prompt
@@ -168,12 +172,12 @@ def wvs_measure_rows(dists:pd.DataFrame,  # `model_distributions` rows of one mo
     qd = question_distributions(d.assign(model='m', split='s')).get(('m', 's'), {})
     if qd:
         a = alignment(qd, target, n_boot, seed)
-        out.append(dict(measure='wvs_alignment', task=task, score=a['similarity'], lo=a['sim_low'], hi=a['sim_high'], n=a['n']))
-    ok = [(int(q), dist) for q, dist in zip(d.q_id, d.dist) if isinstance(answers.get(int(q)), (int, np.integer))]
-    if ok:
+        out.append(dict(measure='wvs_alignment', task=task, score=a['similarity'], lo=a['sim_low'], hi=a['sim_high'], n=a['n'], ci_unit='seed question'))
+    ok = [(int(q), dist) for q, dist in zip(d.q_id, d.dist) if isinstance(answers.get(int(q)), (int, np.integer, str))]
+    if ok:                 # an off-scale (compat) answer is a str: no option equals it, a disagreement
         agree = np.array([scale[q][int(np.argmax(dist))] == answers[q] for q, dist in ok], float)
-        v, lo, hi = bootstrap_ci(agree, np.mean, n_boot, seed=seed)
-        out.append(dict(measure='agreement', task=task, score=v, lo=lo, hi=hi, n=len(agree)))
+        v, lo, hi = bootstrap_ci(agree, np.mean, n_boot, seed=seed, clusters=[q for q, _ in ok])   # a question's wordings share its answer
+        out.append(dict(measure='agreement', task=task, score=v, lo=lo, hi=hi, n=len(agree), ci_unit='seed question'))
     return out
 
 def summarise(res:pd.DataFrame,   # `ablation_<culture>.csv` rows
@@ -187,9 +191,9 @@ def summarise(res:pd.DataFrame,   # `ablation_<culture>.csv` rows
         one = len(per) == 1 and g.task.nunique() == 1
         rows.append(dict(culture=c, setting=s, measure=m, mean=per.score.mean(), sd=per.score.std(ddof=1) if len(per) > 1 else np.nan,
                          n_seeds=int(g.seed.notna().any() and g.seed.nunique() or 1),
-                         lo=per.lo.iloc[0] if one else per.lo.mean(), hi=per.hi.iloc[0] if one else per.hi.mean()))
-    return pd.DataFrame(rows, columns=['culture', 'setting', 'measure', 'mean', 'sd', 'n_seeds', 'lo', 'hi'])
-
+                         lo=per.lo.iloc[0] if one else per.lo.mean(), hi=per.hi.iloc[0] if one else per.hi.mean(),
+                         ci_unit=g.ci_unit.dropna().iloc[0] if 'ci_unit' in g and g.ci_unit.notna().any() else None))
+    return pd.DataFrame(rows, columns=['culture', 'setting', 'measure', 'mean', 'sd', 'n_seeds', 'lo', 'hi', 'ci_unit'])
 
 # %% ../nbs/04_ablation.ipynb #e454fb28
 JUDGE_PROMPT = ("Two assistants answered the same question as if they were a typical person from {place}.\n\n"
@@ -230,31 +234,36 @@ def judge_pairs(judge,          # a backend with `score_options` (local, or an A
     return pd.DataFrame(dict(question=[p[0] for p in pairs], candidate=[p[1] for p in pairs], reference=[p[2] for p in pairs],
                              first=ch[:n], second=ch[n:], consistent=[a == b for a, b in zip(first, second)], outcome=out))
 
-def win_rates(outcomes:list,     # 'win', 'tie' or 'loss' per question
-              n_boot:int=1000,   # bootstrap resamples over questions
+def win_rates(outcomes:list,     # 'win', 'tie' or 'loss' per wording
+              n_boot:int=1000,   # bootstrap resamples over seed questions
               seed:int=0,        # bootstrap seed
+              clusters=None,     # the seed question of each wording (its wordings are resampled together); None: each is one
              ) -> dict:
-    "n, win/tie/loss shares, and bootstrap 95% intervals of the win and loss shares."
+    "n, win/tie/loss shares, and bootstrap 95% intervals of the win and loss shares (resampling seed questions)."
     o = np.asarray(outcomes)
-    w, wlo, whi = bootstrap_ci((o == 'win').astype(float), np.mean, n_boot, seed=seed)
-    l, llo, lhi = bootstrap_ci((o == 'loss').astype(float), np.mean, n_boot, seed=seed)
-    return dict(n=len(o), win=w, tie=float(np.mean(o == 'tie')), loss=l, win_lo=wlo, win_hi=whi, loss_lo=llo, loss_hi=lhi)
+    w, wlo, whi = bootstrap_ci((o == 'win').astype(float), np.mean, n_boot, seed=seed, clusters=clusters)
+    l, llo, lhi = bootstrap_ci((o == 'loss').astype(float), np.mean, n_boot, seed=seed, clusters=clusters)
+    return dict(n=len(o), win=w, tie=float(np.mean(o == 'tie')), loss=l, win_lo=wlo, win_hi=whi, loss_lo=llo, loss_hi=lhi,
+                ci_unit='wording' if clusters is None else 'seed question')
 
 def anchor_pairs(questions:list,   # (Question, wording) pairs
-                 answers:dict,     # {question id: the culture's answer code}
-                ) -> list:
-    """Pairs whose right verdict is known, as (question, candidate, reference): the culture's own survey answer in words
-    against the opposite end of the scale (the candidate should win), and an answer against itself (a tie)."""
-    known, same = [], []
+                 answers:dict,     # {question id: the culture's answer code, or the `compat` rule's off-scale text}
+                ) -> tuple:
+    """(known, same, question ids): pairs whose right verdict is known, as (question, candidate, reference): the culture's
+    own survey answer in words against the opposite end of the scale (the candidate should win), and an answer against
+    itself (a tie). An off-scale `compat` answer ('3' on 0..2) is said as the original's text, against the scale's end
+    farthest from its number."""
+    known, same, ids = [], [], []
     for q, text in questions:
         a = answers.get(q.id)
-        if not isinstance(a, (int, np.integer)): continue
-        far = max(q.scale.values, key=lambda c: abs(c - a))
+        if isinstance(a, str) and a.lstrip('-').isdigit(): said, num = a, int(a)
+        elif isinstance(a, (int, np.integer)) and not isinstance(a, bool): said, num = q.scale.label(int(a)), int(a)
+        else: continue
+        far = max(q.scale.values, key=lambda c: abs(c - num))
         ask = f"{text} (options: {q.option})"
-        known.append((ask, f"My answer: {q.scale.label(int(a))}.", f"My answer: {q.scale.label(far)}."))
-        same.append((ask, f"My answer: {q.scale.label(int(a))}.", f"My answer: {q.scale.label(int(a))}."))
-    return known, same
-
+        known.append((ask, f"My answer: {said}.", f"My answer: {q.scale.label(far)}."))
+        same.append((ask, f"My answer: {said}.", f"My answer: {said}.")); ids.append(q.id)
+    return known, same, ids
 
 # %% ../nbs/04_ablation.ipynb #475c571e
 def bench_file(path:str|None,             # a config value: a file under the data root, or an absolute path
@@ -349,7 +358,7 @@ def plot_ablation(res:pd.DataFrame,   # `ablation_<culture>.csv` rows
         err = np.where(s.n_seeds > 1, s.sd.fillna(0), np.nan)
         lo = np.where(np.isnan(err), s['mean'] - s.lo, err); hi = np.where(np.isnan(err), s.hi - s['mean'], err)
         ax.bar(x, s['mean'], 0.7, yerr=[np.clip(lo, 0, None), np.clip(hi, 0, None)], capsize=3,
-               color=['0.6' if k in ('base', 'context') else 'tab:blue' if k != 'wvs_local' else 'tab:orange' for k in s.index])
+               color=[{'base': '0.6', 'context': '0.6', 'wvs_local': 'tab:orange', 'wvs_local_en': 'tab:olive'}.get(k, 'tab:blue') for k in s.index])
         multi = (s.n_seeds > 1).to_numpy()                 # several seeds: also the mean per-seed 95% interval, thin
         ax.vlines(x[multi] + 0.22, s.lo[multi], s.hi[multi], colors='0.3', lw=1)
         per = res[res.measure == m].groupby(['setting', 'seed'])['score'].mean().reset_index()
@@ -378,4 +387,3 @@ def plot_winrate(wr:pd.DataFrame,   # `winrate_<culture>.csv` rows
     ax.set_xlim(0, 1); ax.set_xlabel('share of questions (judge: both orders; 95% bootstrap intervals)')
     ax.set_title(title, fontsize=9); ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1)); fig.tight_layout()
     return fig
-

@@ -99,7 +99,7 @@ def mean_task_f1(pred:pd.DataFrame,   # `evaluate.predict_tasks` rows of one mod
     return point, float(lo), float(hi), int(sum(len(a) for a, _, _ in enc))
 
 # %% ../nbs/05_scaling.ipynb #s020
-SCALING_COLUMNS = ['culture', 'size', 'seed', 'measure', 'value', 'lo', 'hi', 'n', 'model', 'over', 'samples', 'steps']
+SCALING_COLUMNS = ['culture', 'size', 'seed', 'measure', 'value', 'lo', 'hi', 'n', 'model', 'over', 'samples', 'steps', 'setting', 'ci_unit']
 MEASURES = {'macro_f1_mean': 'mean macro-F1 over tasks', 'wvs_alignment': 'WVS alignment (1 − JSD)',
             'agreement': 'agreement with the survey', 'perplexity': 'perplexity (lower: more predictable)',
             'diversity_gain': 'diversity gain (1 − cos to nearest seed)'}
@@ -109,12 +109,18 @@ def plot_measure(ax,                 # a matplotlib axis
                  measure:str,        # one of `MEASURES`
                  title:str='',       # the panel's title
                 ):
-    "Plot `measure` against size: one line per culture, the mean over training seeds with the widest interval, n in the legend."
+    "Plot `measure` against size: one line per culture, the mean over training seeds with the widest interval, n in the legend; the base model (setting 'base') as a dashed line with its interval as a band."
     d = df[df.measure == measure]
+    if 'setting' in d:
+        for k, (c, g) in enumerate(d[d.setting == 'base'].groupby('culture', sort=True)):
+            col = f'C{sorted(d.culture.unique()).index(c)}'
+            ax.axhline(g.value.mean(), color=col, ls='--', lw=1, label=f'{c}: base model')
+            ax.axhspan(g.lo.min(), g.hi.max(), color=col, alpha=0.08)
+        d = d[d.setting != 'base']
     for c, g in d.groupby('culture', sort=True):
         g = g.groupby('size').agg(value=('value', 'mean'), lo=('lo', 'min'), hi=('hi', 'max'), n=('n', 'max')).reset_index()
         lo_n, hi_n = int(g.n.min()), int(g.n.max())
-        ax.errorbar(g['size'], g.value, yerr=[g.value - g.lo, g.hi - g.value], marker='o', capsize=3, lw=1.2,
+        ax.errorbar(g['size'], g.value, yerr=[g.value - g.lo, g.hi - g.value], marker='o', capsize=3, lw=1.2, color=f'C{sorted(df[df.measure == measure].culture.unique()).index(c)}',
                     label=f"{'question sets' if c == 'all' else c} (n={lo_n if lo_n == hi_n else f'{lo_n}–{hi_n}'})")
     if len(d) and d['size'].max() > 0: ax.set_xscale('symlog', linthresh=max(1, int(d.loc[d['size'] > 0, 'size'].min())))
     ax.set_xticks(sorted(d['size'].unique())); ax.set_xticklabels([str(int(s)) for s in sorted(d['size'].unique())], fontsize=8)

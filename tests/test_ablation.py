@@ -12,7 +12,7 @@ from culturellm.ablation import (RESULT_COLUMNS, bench_correct, downstream_rows,
                                  read_bbh, read_gsm8k, summarise, train_setting, variant_samples, win_rates)
 from culturellm.config import config_to_dict, get_config, write_jsonl
 from culturellm.evaluate import ModelPool, ModelSpec, load_tasks
-from culturellm.finetune import split_holdout, variant_questions, culture_samples
+from culturellm.finetune import split_augmented, variant_questions, culture_samples
 from culturellm.llm import CallCache, OptionScores
 from culturellm.seeds import CULTURES, culture_answers, load_questions, wvs_counts
 
@@ -39,7 +39,7 @@ def test_ablation_sets_are_the_finetune_stages_sets():
     "wvs_ab is exactly the set the finetune stage trains on (same builder, same split); the variants nest; One is the union."
     F = get_config('smoke').finetune
     aug = aug_records(); A = {c: answers(c) for c in ('arabic', 'english')}
-    tr = {k: split_holdout(v, F.holdout, 0)[0] for k, v in aug.items()}
+    tr = split_augmented(aug, F.holdout, 0)[0]
     fin = culture_samples(variant_questions(QS, tr, 'wvs_ab', F.augmented, 0), CULTURES['arabic'], A['arabic'])[0]
     ours = variant_samples(QS, tr, [CULTURES['arabic']], A, 'wvs_ab', F)
     assert [r['messages'] for r in ours] == [r['messages'] for r in fin]
@@ -141,7 +141,7 @@ def test_stage_in_a_run_folder(tmp_path, data_root):
     assert list(res.columns) == RESULT_COLUMNS and set(res.setting) >= {'base', 'wvs', 'wvs_ab'}
     assert sorted(res[res.setting == 'wvs'].seed.dropna().unique()) == [0, 1]
     summ = pd.read_csv(run / 'results' / 'ablation_summary_english.csv')
-    assert list(summ.columns) == ['culture', 'setting', 'measure', 'mean', 'sd', 'n_seeds', 'lo', 'hi']
+    assert list(summ.columns) == ['culture', 'setting', 'measure', 'mean', 'sd', 'n_seeds', 'lo', 'hi', 'ci_unit']
     fg = pd.read_csv(run / 'results' / 'forgetting_english.csv')
     assert list(fg.columns) == ['culture', 'model', 'benchmark', 'n', 'accuracy', 'lo', 'hi'] and len(fg) == 4 and set(fg.n) == {2}
     wr = pd.read_csv(run / 'results' / 'winrate_english.csv')

@@ -9,7 +9,7 @@ import torch
 
 from culturellm.config import get_config, read_jsonl
 from culturellm.finetune import (PackedCollator, _trainer_class, agreement, answer_suffix, culture_samples, load_base,
-                                 nested_subset, one_samples, split_holdout, train_device, train_lora, variant_questions,
+                                 nested_subset, one_samples, split_augmented, train_device, train_lora, variant_questions,
                                  write_sets)
 from culturellm.llm import LocalLM
 from culturellm.seeds import CULTURES, culture_answers, load_questions, validate_chat_record, wvs_counts
@@ -99,7 +99,7 @@ def test_training_sets(tmp_path):
     "Variants nest, One is the union with each culture's system prompt, and both files are valid."
     aug = [dict(q_id=q.id, text=f'{q.text[:-1]}, in your view{q.text[-1]}', step=1) for q in QS[:10]]
     aug2 = [dict(q_id=q.id, text=f'Tell me: {q.text}', step=2) for q in QS[:30]]
-    tr_a, _ = split_holdout(aug, 0.2); tr_b, held = split_holdout(aug2, 0.2)
+    tr, ho = split_augmented({'a': aug, 'b': aug2}, 0.2); tr_a, tr_b, held = tr['a'], tr['b'], ho['a'] + ho['b']
     sets = {v: variant_questions(QS, {'a': tr_a, 'b': tr_b}, v) for v in ('wvs', 'wvs_a', 'wvs_ab')}
     assert len(sets['wvs']) == 50 and len(sets['wvs_a']) == 50 + len(tr_a) and len(sets['wvs_ab']) == 50 + len(tr_a) + len(tr_b)
     assert {t for _, t, _ in sets['wvs_a']} <= {t for _, t, _ in sets['wvs_ab']}
