@@ -17,8 +17,8 @@ from .config import DATA_HELP, write_jsonl
 # %% auto #0
 __all__ = ['PROMPTS', 'STOPWORDS', 'parse_list', 'norm_text', 'is_sentence', 'Template', 'heuristic_template', 'parse_slots',
            'match_case', 'fill', 'paraphrase_step', 'clean_synonyms', 'slot_templates', 'slot_synonyms', 'variants',
-           'word_step', 'distinct_n', 'near_dup_rate', 'set_quality', 'load_original', 'judge_ratings', 'sample_pairs',
-           'augment_questions', 'acceptance', 'write_augmented']
+           'word_step', 'distinct_n', 'near_dup_rate', 'set_quality', 'word_distance', 'load_original', 'judge_ratings',
+           'sample_pairs', 'augment_questions', 'acceptance', 'write_augmented']
 
 # %% ../nbs/01_augment.ipynb #38e30cc1
 PROMPTS = dict(
@@ -306,13 +306,26 @@ def set_quality(recs:list,              # generated records (q_id, text, ...)
                 lowercase_start=float(np.mean([t[:1].islower() for t in texts])))
 
 # %% ../nbs/01_augment.ipynb #0e1be0ff
+def word_distance(a:str, b:str) -> int:
+    "Words that differ between two texts (normalised): the longer one's length minus the words they share in order."
+    import difflib
+    x, y = norm_text(a).split(), norm_text(b).split()
+    return max(len(x), len(y)) - sum(m.size for m in difflib.SequenceMatcher(None, x, y, autojunk=False).get_matching_blocks())
+
 def load_original(path:str|Path,         # a released set, e.g. <data root>/culturellm/new_WVQ_500.jsonl
                   questions:list,        # the 50 seeds
+                  step:int=2,            # 1 for the release's step-1 rewrites (`new_WVQ_sentence_only.jsonl`), 2 for its variants
+                  parents:list|None=None, # step-1 records: a variant within `near` words of one of its seed's is made its child
+                  near:int=3,            # words apart at most for a variant to count as a rewrite's child
                  ) -> list:
-    "Records of a released augmented set, each tied to its seed by `q_id`, or by its `ori_content` where the file has no ids."
+    """Records of a released augmented set, each tied to its seed by `q_id`, or by its `ori_content` where the file has no ids.
+    The release names no step-1 parent of a variant (its `ori_content` is the seed): one within `near` words of a step-1
+    rewrite of the same seed is recorded as that rewrite's child, so that a held-out split keeps the two together."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path}: no such released set ({DATA_HELP})")
     by_id = {q.id: q for q in questions}; by_text = {norm_text(q.text): q for q in questions}
+    kids = {}
+    for p in parents or []: kids.setdefault(p['q_id'], []).append(p['text'])
     out = []
     for k, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
         if not line.strip(): continue
@@ -322,8 +335,10 @@ def load_original(path:str|Path,         # a released set, e.g. <data root>/cult
             raise ValueError(f"{path.name} line {k}: expected an object with a string 'q_content'")
         q = by_id.get(int(r['q_id'])) if str(r.get('q_id', '')).strip().isdigit() else by_text.get(norm_text(r.get('ori_content', '')))
         if q is None: raise ValueError(f"{path.name} line {k}: its q_id or ori_content matches none of the {len(questions)} seed questions")
-        out.append(_record(q, 2, r['q_content'].strip(), r.get('ori_content', q.text), float('nan'), float('nan'), 'kept',
-                           'original release (GPT-4)'))
+        text, parent = r['q_content'].strip(), r.get('ori_content', q.text)
+        near_ones = sorted((word_distance(text, t), t) for t in kids.get(q.id, []))
+        if step == 2 and near_ones and near_ones[0][0] <= near: parent = near_ones[0][1]
+        out.append(_record(q, step, text, parent, float('nan'), float('nan'), 'kept', 'original release (GPT-4)'))
     return out
 
 def judge_ratings(judge,                 # a backend with `score_options`

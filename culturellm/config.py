@@ -45,8 +45,9 @@ AUGMENT_SOURCES = ('generate', 'original')
 @dataclass
 class AugmentConfig:
     "Settings of the `augment` stage: two-step semantic data augmentation (see `01_augment`)."
-    source: str = 'generate'            # `generate` a new set, or load the `original` release's set (`original_file`)
+    source: str = 'generate'            # `generate` a new set, or load the `original` release's sets (`original_step1_file`, `original_file`)
     original_file: str = 'new_WVQ_500.jsonl'   # the released set to load or compare with, under <data root>/culturellm
+    original_step1_file: str = 'new_WVQ_sentence_only.jsonl'   # the release's step-1 rewrites, loaded with `source=original` (the +a set)
     model: str = 'smollm2-135m-instruct'       # generator: a model name, HF id or folder; the API's model name with `base_url`
     base_url: typing.Optional[str] = None      # an OpenAI-compatible server for the generator; None: a local model
     questions: int = 0                  # seed questions to augment, from the first; 0: all 50

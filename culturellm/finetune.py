@@ -58,10 +58,13 @@ def split_augmented(aug:dict,          # {'a': step-1 records, 'b': step-2 recor
                     seed:int=0,        # the study seed
                     questions:list|None=None, # the seed `Question`s (see `lineages`)
                    ) -> tuple:
-    "(train, held-out), each {'a': [...], 'b': [...]}: whole lineages fall on one side, fixed by a hash of (seed, question, lineage), so no held-out wording has a parent, child or sibling in training."
+    "(train, held-out), each {'a': [...], 'b': [...]}: whole lineages fall on one side, fixed by a hash of (seed, question, lineage), so no held-out wording has a parent, child or sibling in training; a wording equal to its seed always trains."
     from culturellm.augment import norm_text
+    from culturellm.seeds import load_questions
     lin = lineages(aug, questions)
-    held_of = lambda r: _unit_hash('holdout', seed, r['q_id'], lin[(r['q_id'], norm_text(r['text']))]) < share
+    seeds = {q.id: norm_text(q.text) for q in (questions or load_questions())}
+    held_of = lambda r: (norm_text(r['text']) != seeds.get(r['q_id'])       # a "rewrite" equal to its seed is the seed: trained
+                         and _unit_hash('holdout', seed, r['q_id'], lin[(r['q_id'], norm_text(r['text']))]) < share)
     train, held = {}, {}
     for k, rs in aug.items():
         train[k] = [dict(r, lineage=lin[(r['q_id'], norm_text(r['text']))]) for r in rs if not held_of(r)]

@@ -107,3 +107,24 @@ def test_original_bad_row_named(tmp_path):
     p.write_text('{"q_id": "27", "q_content": "ok"}\n{"q_id": "999", "q_content": "who?"}\n')
     with pytest.raises(ValueError, match=r"x.jsonl line 2: its q_id or ori_content matches none"):
         load_original(p, QS)
+
+
+def test_original_source_gives_the_ablation_its_a_set(data_root, tmp_path):
+    """`augment.source=original` loads the release's step-1 rewrites as the +a set (before, +a was empty and `wvs_a` equalled
+    `wvs`) and its variants as the +b set, with near-copies of a rewrite recorded as its children."""
+    papermill = pytest.importorskip('papermill')
+    from pathlib import Path
+    from culturellm.config import config_to_dict
+    from culturellm.finetune import load_augmented, split_augmented, variant_questions
+    repo = Path(__file__).resolve().parents[1]
+    cfg = get_config('smoke', {'data_root': str(data_root), 'augment': {'source': 'original', 'questions': 5, 'judge_sample': 0}})
+    (tmp_path / 'config.json').write_text(json.dumps(config_to_dict(cfg)))
+    run = tmp_path / 'run'
+    papermill.execute_notebook(str(repo / 'nbs' / '01_augment.ipynb'), str(tmp_path / 'out.ipynb'), cwd=str(repo / 'nbs'),
+                               parameters=dict(culture='all', profile='smoke', run_dir=str(run), config_file=str(tmp_path / 'config.json')),
+                               progress_bar=False, kernel_name='python3')
+    aug = load_augmented(run)
+    assert aug['a'] and aug['b'] and {r['step'] for r in aug['a']} == {1} and {r['q_id'] for r in aug['a']} <= {q.id for q in QS[:5]}
+    train = split_augmented(aug, 0.2, 0)[0]
+    sizes = [len(variant_questions(QS, train, v)) for v in ('wvs', 'wvs_a', 'wvs_ab')]
+    assert sizes[0] < sizes[1] < sizes[2], sizes
