@@ -134,3 +134,32 @@ def test_openai_backend_stage(tmp_path, monkeypatch, data_root):
         assert st['record']['samples'] > 50, "the seeds and the released augmented questions"
     text = ''.join(p.read_text() for p in (tmp_path / 'run').rglob('*') if p.is_file() and p.suffix in ('.json', '.ipynb', '.log'))
     assert 'sk-test-stage-key' not in text, "the key never reaches the run folder"
+
+
+def _fixture_augmented() -> dict:
+    "The kept records of a real cpu augment run, as `load_augmented` returns them."
+    d = Path(__file__).parent / 'data' / 'augment_cpu'
+    return {'a': read_jsonl(d / 'augment_step1.jsonl'), 'b': read_jsonl(d / 'augmented.jsonl')}
+
+
+def test_heldout_split_by_lineage_on_real_augment_output():
+    """On a real augment output (the cpu profile's SmolLM2-135M run, kept records: tests/data/augment_cpu), no held-out
+    wording shares a lineage (a step-1 rewrite with its step-2 variants) with any training wording of any variant or size;
+    the split by text alone it replaces held out 19 wordings of which 5 had their lineage in training."""
+    from culturellm.augment import norm_text
+    from culturellm.finetune import _unit_hash, lineages
+    aug = _fixture_augmented()
+    lin = lineages(aug)
+    key = lambda r: (r['q_id'], lin[(r['q_id'], norm_text(r['text']))])
+    train, held = split_augmented(aug, 0.2, 0)
+    held_recs, train_recs = held['a'] + held['b'], train['a'] + train['b']
+    assert held_recs and not {key(r) for r in held_recs} & {key(r) for r in train_recs}
+    assert not {norm_text(r['parent']) for r in train['b']} & {norm_text(r['text']) for r in held_recs}   # no training child
+    assert not {norm_text(r['parent']) for r in held['b']} & {norm_text(r['text']) for r in train_recs}   # no training parent
+    for v in ('wvs', 'wvs_a', 'wvs_ab'):
+        for k in (0, 5, 20):
+            texts = {(q.id, norm_text(t)) for q, t, src in variant_questions(QS, train, v, k) if src != 'seed'}
+            assert not {(q, lin[(q, t)]) for q, t in texts} & {key(r) for r in held_recs}
+    old = [r for r in aug['a'] + aug['b'] if _unit_hash('holdout', 0, r['q_id'], r['text']) < 0.2]
+    old_train = {key(r) for r in aug['a'] + aug['b'] if _unit_hash('holdout', 0, r['q_id'], r['text']) >= 0.2}
+    assert (len(old), sum(key(r) in old_train for r in old)) == (19, 5)
