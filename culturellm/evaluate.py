@@ -24,11 +24,11 @@ __all__ = ['TASKS_FILE', 'TEXT_FIELDS', 'FAMILIES', 'SUBJECTS', 'CONTEXT_CAVEATS
            'cut_texts', 'stratified_sample', 'Family', 'subject', 'task_options', 'task_messages', 'load_contexts',
            'culture_context', 'strict_parse', 'compat_parse', 'score_items', 'encode', 'macro_f1_codes', 'macro_f1',
            'majority_baseline', 'random_baseline', 'ceiling_preds', 'task_flags', 'task_scores', 'paired_scores',
-           'js_similarity', 'wasserstein_ordinal', 'wvs_rows', 'model_distributions', 'question_distributions',
-           'survey_targets', 'alignment', 'baseline_distributions', 'country_similarity', 'ModelSpec', 'plan_models',
-           'ModelPool', 'suffix_of', 'predict_tasks', 'score_table', 'skipped_rows', 'wvs_paired', 'wvs_scores',
-           'topic_slug', 'topic_holdout_samples', 'write_results', 'collect_results', 'plot_task_scores',
-           'plot_alignment', 'plot_whose_values', 'value_map']
+           'text_units', 'text_sources', 'js_similarity', 'wasserstein_ordinal', 'wvs_rows', 'model_distributions',
+           'question_distributions', 'survey_targets', 'alignment', 'baseline_distributions', 'country_similarity',
+           'ModelSpec', 'plan_models', 'ModelPool', 'suffix_of', 'predict_tasks', 'score_table', 'skipped_rows',
+           'wvs_paired', 'wvs_scores', 'topic_slug', 'topic_holdout_samples', 'write_results', 'collect_results',
+           'plot_task_scores', 'plot_alignment', 'plot_whose_values', 'value_map']
 
 # %% ../nbs/03_evaluate.ipynb #e007
 TASKS_FILE = 'data/tasks.json'   # the registry shipped in the package
@@ -501,27 +501,33 @@ def task_flags(task:Task,      # the task
     return '; '.join(fl)
 
 # %% ../nbs/03_evaluate.ipynb #e039
-SCORE_COLUMNS = ['culture', 'model', 'task', 'metric', 'value', 'ci_low', 'ci_high', 'n', 'majority_baseline', 'random_baseline',
-                 'ceiling', 'p_value', 'excluded', 'flags', 'scoring', 'status']
+SCORE_COLUMNS = ['culture', 'model', 'task', 'metric', 'value', 'ci_low', 'ci_high', 'ci_unit', 'n', 'majority_baseline', 'random_baseline',
+                 'ceiling', 'p_value', 'excluded', 'flags', 'scoring', 'status', 'text_source']
 
-def task_scores(p:pd.DataFrame,      # one model's predictions on one task (gold, pred, parsed)
+def _unit_name(units) -> str:
+    "'item' when every item is its own unit, 'distinct text' when some items share one text (and are resampled together)."
+    return 'item' if units is None or len(set(units)) == len(units) else 'distinct text'
+
+def task_scores(p:pd.DataFrame,      # one model's predictions on one task (item_id, gold, pred, parsed)
                 task:Task,           # the task
                 scoring:str,         # how the predictions were made
                 n_boot:int=2000,     # bootstrap resamples
                 seed:int=0,          # bootstrap seed
+                units:dict|None=None,  # {item_id: its independent unit} (`text_units`); None: every item is one
                ) -> list:
-    "Rows of macro-F1 and accuracy (each with its interval, baselines, ceiling and n) and the unparseable rate."
+    "Rows of macro-F1 and accuracy (each with its interval over units, baselines, ceiling and n) and the unparseable rate."
     labels, K = list(task.labels), len(task.labels)
     g, q = encode(p.gold.tolist(), p.pred.tolist(), labels)
     c = encode(p.gold.tolist(), ceiling_preds(p.gold.tolist(), task, scoring), labels)[1]
-    f1 = bootstrap_ci((g, q), lambda a, b: macro_f1_codes(a, b, K), n_boot, seed=seed)
-    acc = bootstrap_ci((g == q).astype(float), np.mean, n_boot, seed=seed)
+    u = None if units is None else p.item_id.map(units).to_numpy()
+    f1 = bootstrap_ci((g, q), lambda a, b: macro_f1_codes(a, b, K), n_boot, seed=seed, clusters=u)
+    acc = bootstrap_ci((g == q).astype(float), np.mean, n_boot, seed=seed, clusters=u)
     (mf, ma), (rf, ra) = majority_baseline(g, K), random_baseline(g, K)
     un = 1 - float(np.mean(p.parsed.astype(bool)))
-    return [dict(metric='macro_f1', value=f1[0], ci_low=f1[1], ci_high=f1[2], n=len(g), majority_baseline=mf, random_baseline=rf,
-                 ceiling=macro_f1_codes(g, c, K)),
-            dict(metric='accuracy', value=acc[0], ci_low=acc[1], ci_high=acc[2], n=len(g), majority_baseline=ma, random_baseline=ra,
-                 ceiling=float(np.mean(g == c))),
+    return [dict(metric='macro_f1', value=f1[0], ci_low=f1[1], ci_high=f1[2], ci_unit=_unit_name(u), n=len(g), majority_baseline=mf,
+                 random_baseline=rf, ceiling=macro_f1_codes(g, c, K)),
+            dict(metric='accuracy', value=acc[0], ci_low=acc[1], ci_high=acc[2], ci_unit=_unit_name(u), n=len(g), majority_baseline=ma,
+                 random_baseline=ra, ceiling=float(np.mean(g == c))),
             dict(metric='unparseable', value=un, n=len(g))]
 
 def paired_scores(a:pd.DataFrame,   # the base model's predictions on a task (item_id, gold, pred)
@@ -529,13 +535,35 @@ def paired_scores(a:pd.DataFrame,   # the base model's predictions on a task (it
                   task:Task,        # the task
                   n_boot:int=2000,  # bootstrap resamples
                   seed:int=0,       # bootstrap seed
+                  units:dict|None=None,  # {item_id: its independent unit}; None: every item is one
                  ) -> dict:
-    "Macro-F1 of `b` minus that of `a` on the items both scored, with the paired bootstrap interval and p-value."
+    "Macro-F1 of `b` minus that of `a` on the items both scored, with the paired bootstrap interval (over units) and p-value."
     m = a[['item_id', 'gold', 'pred']].merge(b[['item_id', 'pred']], on='item_id', suffixes=('_a', '_b'))
     labels, K = list(task.labels), len(task.labels)
     g, pa = encode(m.gold.tolist(), m.pred_a.tolist(), labels); _, pb = encode(m.gold.tolist(), m.pred_b.tolist(), labels)
-    d = paired_bootstrap((g, pa), (g, pb), lambda x, y: macro_f1_codes(x, y, K), n_boot, seed=seed)
-    return dict(metric='macro_f1_vs_base', value=d['diff'], ci_low=d['low'], ci_high=d['high'], p_value=d['p'], n=d['n'])
+    u = None if units is None else m.item_id.map(units).to_numpy()
+    d = paired_bootstrap((g, pa), (g, pb), lambda x, y: macro_f1_codes(x, y, K), n_boot, seed=seed, clusters=u)
+    return dict(metric='macro_f1_vs_base', value=d['diff'], ci_low=d['low'], ci_high=d['high'], ci_unit=_unit_name(u), p_value=d['p'], n=d['n'])
+
+# %% ../nbs/03_evaluate.ipynb #e040b
+def text_units(items:pd.DataFrame) -> dict:   # a task's items (item_id, text)
+    "{item_id: its unit}: the first item_id with the same text, so that repeated texts are resampled together."
+    return dict(zip(items.item_id, items.groupby('text', sort=False).item_id.transform('first')))
+
+def text_sources(texts:dict,          # {task: its texts (the whole file)}
+                 share:float=0.1,     # the least shared part of the smaller task's distinct texts that joins two tasks
+                ) -> dict:
+    "{task: its source}: tasks sharing texts are grouped (transitively) and named by their group's first task; a task alone is its own."
+    names, sets = list(texts), [set(texts[k]) for k in texts]
+    group = list(range(len(names)))
+    def top(i):
+        while group[i] != i: i = group[i]
+        return i
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            if len(sets[i] & sets[j]) >= share * max(1, min(len(sets[i]), len(sets[j]))):
+                a, b = top(i), top(j); group[max(a, b)] = min(a, b)
+    return {k: names[top(i)] for i, k in enumerate(names)}
 
 # %% ../nbs/03_evaluate.ipynb #e042
 def _unit(p,   # non-negative weights
@@ -752,16 +780,19 @@ def score_table(pred:pd.DataFrame,   # `predict_tasks` rows of every model
                 n_boot:int=2000,     # bootstrap resamples
                 seed:int=0,          # bootstrap seed
                 base:str='base',     # the model the others are compared with, item by item
+                items:dict|None=None,    # {task key: the items scored (item_id, text)}: repeated texts are one unit (`text_units`); None: every item is one
+                sources:dict|None=None,  # {task: its text source} (`text_sources`), written as `text_source`
                ) -> pd.DataFrame:
-    "Long-format scores: per model and task macro-F1, accuracy, the unparseable rate, and the paired difference from `base`."
+    "Long-format scores: per model and task macro-F1, accuracy, the unparseable rate, and the paired difference from `base`, intervals over independent units."
     by, rows = {t.task: t for t in tasks}, []
     for (m, tk), p in pred.groupby(['model', 'task'], sort=False):
         t, c = by[tk], counts[by[tk].key]
+        u = text_units(items[t.key]) if items is not None and t.key in items else None
         common = dict(culture=t.culture, model=m, task=tk, excluded=c['empty_gold'] + c['no_text'],
-                      flags=task_flags(t, p.gold.tolist(), c, scoring), scoring=scoring, status='ok')
-        rows += [dict(common, **r) for r in task_scores(p, t, scoring, n_boot, seed)]
+                      flags=task_flags(t, p.gold.tolist(), c, scoring), scoring=scoring, status='ok', text_source=(sources or {}).get(tk, tk))
+        rows += [dict(common, **r) for r in task_scores(p, t, scoring, n_boot, seed, u)]
         if m != base and base in set(pred.model):
-            rows.append(dict(common, **paired_scores(pred[(pred.model == base) & (pred.task == tk)], p, t, n_boot, seed)))
+            rows.append(dict(common, **paired_scores(pred[(pred.model == base) & (pred.task == tk)], p, t, n_boot, seed, u)))
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 def skipped_rows(culture:str,    # the culture
@@ -793,9 +824,9 @@ def _wvs_row(culture:str,   # the culture
     "Two score rows (1 − JSD, Wasserstein) of one model or baseline on one split."
     task = f'WVS: {split}'
     return [dict(culture=culture, model=who, task=task, metric='wvs_1-jsd', value=a['similarity'], ci_low=a['sim_low'],
-                 ci_high=a['sim_high'], n=a['n'], ceiling=1.0, status='ok'),
+                 ci_high=a['sim_high'], ci_unit='seed question', n=a['n'], ceiling=1.0, status='ok'),
             dict(culture=culture, model=who, task=task, metric='wvs_wasserstein', value=a['wasserstein'], ci_low=a['w_low'],
-                 ci_high=a['w_high'], n=a['n'], ceiling=0.0, status='ok')]
+                 ci_high=a['w_high'], ci_unit='seed question', n=a['n'], ceiling=0.0, status='ok')]
 
 def wvs_paired(d_base:dict,      # the base model's {question id: distribution}
                d:dict,           # another model's
@@ -807,7 +838,7 @@ def wvs_paired(d_base:dict,      # the base model's {question id: distribution}
     a, b = _per_question(d_base, target).set_index('q_id'), _per_question(d, target).set_index('q_id')
     ix = a.index.intersection(b.index)
     r = paired_bootstrap(a.loc[ix, 'sim'].to_numpy(), b.loc[ix, 'sim'].to_numpy(), np.mean, n_boot, seed=seed)
-    return dict(metric='wvs_1-jsd_vs_base', value=r['diff'], ci_low=r['low'], ci_high=r['high'], p_value=r['p'], n=r['n'])
+    return dict(metric='wvs_1-jsd_vs_base', value=r['diff'], ci_low=r['low'], ci_high=r['high'], ci_unit='seed question', p_value=r['p'], n=r['n'])
 
 # %% ../nbs/03_evaluate.ipynb #e054
 def wvs_scores(culture:str,       # the culture

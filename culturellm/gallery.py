@@ -20,13 +20,14 @@ __all__ = ['COUNTRIES', 'COUNTRY_NAMES', 'LANGUAGES', 'GG_HELP', 'US_WORDS', 'AL
            'NLLB_CODES', 'ALPACA_FIELDS', 'TRANSLATION_COLUMNS', 'TUNING_COLUMNS', 'GALLERY_SETTINGS',
            'GalleryDataError', 'split_list', 'load_geomlama', 'fold', 'match_gold', 'check_geomlama', 'alpaca_prompt',
            'shuffled', 'remove_country', 'option_probs', 'ranking', 'precision_at_k', 'random_hits',
-           'calibrated_ranking', 'precision_table', 'geomlama_items', 'geomlama_results', 'geomlama_scores',
-           'released_frame', 'read_released', 'rescore_geomlama', 'rescore_command', 'load_camel', 'camel_question',
-           'draw_options', 'camel_items', 'camel_outcomes', 'camel_scores', 'camel_priors', 'plot_geomlama',
-           'plot_camel_radar', 'plot_camel_priors', 'plot_camel_bars', 'plot_tuning', 'packaged_instructions',
-           'load_instructions', 'translatable', 'clean_translation', 'PromptTranslator', 'NLLBTranslator',
-           'make_translator', 'qe_method', 'qe_scores', 'translate_instructions', 'alpaca_sft', 'tune_config',
-           'tune_language', 'check_gallery_config', 'write_csv', 'model_slug']
+           'calibrated_ranking', 'cluster_ci', 'precision_table', 'geomlama_items', 'geomlama_results',
+           'mean_precision', 'geomlama_scores', 'released_frame', 'read_released', 'rescore_geomlama',
+           'rescore_command', 'load_camel', 'camel_question', 'draw_options', 'camel_items', 'camel_outcomes',
+           'camel_templates', 'camel_scores', 'camel_priors', 'plot_geomlama', 'plot_camel_radar', 'plot_camel_priors',
+           'plot_camel_bars', 'plot_tuning', 'packaged_instructions', 'load_instructions', 'translatable',
+           'clean_translation', 'PromptTranslator', 'NLLBTranslator', 'make_translator', 'qe_method', 'qe_scores',
+           'translate_instructions', 'alpaca_sft', 'tune_config', 'tune_language', 'check_gallery_config', 'write_csv',
+           'model_slug']
 
 # %% ../nbs/06_gallery.ipynb #g008
 COUNTRIES = ('us', 'china', 'india', 'iran', 'kenya', 'greece')     # GeoMLaMA's countries, in the files' row order
@@ -266,18 +267,33 @@ def calibrated_ranking(p_country:dict,        # option probabilities with the co
     return sorted(ranking(p_country, order), key=lambda o: -(p_country[o] - p_none[o]))
 
 # %% ../nbs/06_gallery.ipynb #g027
-def precision_table(rows:pd.DataFrame,  # scored rows: hits, k, n (one per question and country)
+def cluster_ci(data,              # an array, or a tuple of arrays resampled together
+               stat,              # statistic of the (resampled) arrays
+               units,             # a label per row naming its independent unit (question, template)
+               n_boot:int=2000,   # bootstrap resamples
+               seed:int=0,        # resampling seed
+              ) -> tuple:
+    "(statistic, low, high): `bootstrap_ci` resampling whole units; with fewer than two units every resample is the data again, so no interval (NaN) is given."
+    units = np.asarray(units, dtype=object).astype(str)
+    if len(set(units)) >= 2: return bootstrap_ci(data, stat, n_boot, seed=seed, clusters=units)
+    data = tuple(np.asarray(a) for a in (data if isinstance(data, tuple) else (data,)))
+    return (float(stat(*data)) if len(units) else float('nan'), float('nan'), float('nan'))
+
+def precision_table(rows:pd.DataFrame,  # scored rows: hits, k, n, and `q` (the question) where known
                     by:list,            # grouping columns
                     seed:int=0,         # bootstrap seed
                     n_boot:int=2000,    # bootstrap resamples
                    ) -> pd.DataFrame:
-    "Per group: precision@k (Σ hits / Σ k) with its bootstrap 95% interval over questions, and the random-ranking baseline Σ k²/n / Σ k."
+    "Per group: precision@k (Σ hits / Σ k), the random-ranking baseline Σ k²/n / Σ k, and the bootstrap 95% intervals of the precision and of precision − random, resampling questions (`q`; without it each row is one)."
     out = []
     for key, g in rows.groupby(by, sort=False):
         h, k, n = (g[c].to_numpy(float) for c in ('hits', 'k', 'n'))
-        p, lo, hi = bootstrap_ci((h, k), lambda a, b: a.sum() / b.sum(), n_boot=n_boot, seed=seed)
+        u = g['q'].to_numpy() if 'q' in g else np.arange(len(g))
+        p, lo, hi = cluster_ci((h, k), lambda a, b: a.sum() / b.sum(), u, n_boot, seed)
+        _, glo, ghi = cluster_ci((h, k, n), lambda a, b, c: (a.sum() - (b * b / c).sum()) / b.sum(), u, n_boot, seed)   # the same resamples
         out.append(dict(zip(by, key if isinstance(key, tuple) else (key,)), precision=p, ci_low=lo, ci_high=hi,
-                        random=float((k * k / n).sum() / k.sum()), questions=len(g), hits=int(h.sum()), k=int(k.sum())))
+                        random=float((k * k / n).sum() / k.sum()), gap_low=glo, gap_high=ghi, ci_unit='question',
+                        questions=len(set(map(str, u))), hits=int(h.sum()), k=int(k.sum())))
     return pd.DataFrame(out)
 
 # %% ../nbs/06_gallery.ipynb #g030
@@ -321,13 +337,28 @@ def geomlama_results(items:pd.DataFrame,  # `geomlama_items` with a `probs` colu
 
 GEO_SETTINGS = ('country', 'no_country', 'calibrated')
 
+def mean_precision(rows:pd.DataFrame,  # scored rows of one language and setting: q, country, hits, k, n
+                   seed:int=0,         # bootstrap seed
+                   n_boot:int=2000,    # bootstrap resamples
+                  ) -> dict:
+    "The mean over countries of precision@k and of the random baseline, with the intervals of the mean and of mean − random, resampling questions (a drawn question brings its row in every country)."
+    c = pd.factorize(rows.country)[0]; m = int(c.max()) + 1
+    h, k, n = (rows[x].to_numpy(float) for x in ('hits', 'k', 'n'))
+    def per(x, k, c):   # per country: Σ x / Σ k over the (resampled) rows, averaged over the countries present
+        s, t = np.bincount(c, x, m), np.bincount(c, k, m); return float(np.mean(s[t > 0] / t[t > 0]))
+    p, lo, hi = cluster_ci((h, k, c), per, rows.q.to_numpy(), n_boot, seed)
+    _, glo, ghi = cluster_ci((h, k, n, c), lambda h, k, n, c: per(h, k, c) - per(k * k / n, k, c), rows.q.to_numpy(), n_boot, seed)
+    return dict(precision=p, ci_low=lo, ci_high=hi, random=per(k * k / n, k, c), gap_low=glo, gap_high=ghi, ci_unit='question',
+                questions=rows.q.nunique())
+
 def geomlama_scores(results:pd.DataFrame,  # `geomlama_results` of one or more languages
                     seed:int=0,            # bootstrap seed
                     n_boot:int=2000,       # bootstrap resamples
                    ) -> pd.DataFrame:
-    "Precision@k per language, setting and country with interval and random baseline, plus each language and setting's `mean` over countries."
+    "Precision@k per language, setting and country with interval and random baseline, plus each language and setting's `mean` over countries (`mean_precision`)."
     t = precision_table(results, ['lang', 'setting', 'country'], seed, n_boot)
-    m = t.groupby(['lang', 'setting'], sort=False)[['precision', 'random']].mean().reset_index().assign(country='mean')
+    m = pd.DataFrame([dict(lang=l, setting=s, country='mean', **mean_precision(g, seed, n_boot))
+                      for (l, s), g in results.groupby(['lang', 'setting'], sort=False)])
     t = pd.concat([t, m], ignore_index=True)
     t['setting'] = pd.Categorical(t.setting, GEO_SETTINGS); t['country'] = pd.Categorical(t.country, list(COUNTRIES) + ['mean'])
     return t.sort_values(['lang', 'setting', 'country'], kind='stable').reset_index(drop=True).astype({'setting': str, 'country': str})
@@ -612,34 +643,40 @@ def camel_outcomes(items:pd.DataFrame,   # `camel_items` (any settings)
     out['pick'], out['picked_kind'], out['picked_country'], out['outcome'], out['chance'] = picks, kinds, ctry, outc, chance
     return out
 
+def camel_templates(g:pd.DataFrame) -> np.ndarray:   # `camel_outcomes` rows
+    "Each item's template, the unit CAMeL intervals resample: 'category/number' (one template is asked in every scenario country)."
+    return (g.category.astype(str) + '/' + g.template.astype(str)).to_numpy()
+
 def camel_scores(out:pd.DataFrame,   # `camel_outcomes`
                  seed:int=0,         # bootstrap seed
                  n_boot:int=1000,    # bootstrap resamples
                 ) -> pd.DataFrame:
-    "Settings 1, 3, 4, 5: the share of picks with the setting's outcome per country and category, and `Overall` per country and over all countries, with bootstrap 95% interval and chance."
+    "Settings 1, 3, 4, 5: the share of picks with the setting's outcome per country and category, and `Overall` per country and over all countries, with chance and a bootstrap 95% interval resampling templates (`camel_templates`)."
     o = out[out.setting != 2]; rows = []
     groups = [(k, g) for k, g in o.groupby(['setting', 'country', 'category'], sort=False)]
     groups += [((s, c, 'Overall'), g) for (s, c), g in o.groupby(['setting', 'country'], sort=False)]
     groups += [((s, 'all', 'Overall'), g) for s, g in o.groupby('setting', sort=False)]
     for (s, c, cat), g in groups:
-        v, lo, hi = bootstrap_ci(g.outcome.to_numpy(float), n_boot=n_boot, seed=seed)
+        v, lo, hi = cluster_ci(g.outcome.to_numpy(float), np.mean, camel_templates(g), n_boot, seed)
         rows.append(dict(setting=int(s), country=c, category=cat, metric=CAMEL_METRIC[int(s)], better=CAMEL_BETTER[int(s)],
-                         value=v, ci_low=lo, ci_high=hi, chance=float(g.chance.mean()), n=len(g)))
-    return pd.DataFrame(rows, columns=['setting', 'country', 'category', 'metric', 'better', 'value', 'ci_low', 'ci_high', 'chance', 'n'])
+                         value=v, ci_low=lo, ci_high=hi, ci_unit='template', chance=float(g.chance.mean()), n=len(g),
+                         templates=len(set(camel_templates(g)))))
+    return pd.DataFrame(rows, columns=['setting', 'country', 'category', 'metric', 'better', 'value', 'ci_low', 'ci_high', 'ci_unit', 'chance', 'n', 'templates'])
 
 def camel_priors(out:pd.DataFrame,   # `camel_outcomes`
                  seed:int=0, n_boot:int=1000,
                 ) -> pd.DataFrame:
-    "Setting 2: for each scenario country (per category and `Overall`), the share of picks going to each other country, with interval and chance."
+    "Setting 2: for each scenario country (per category and `Overall`), the share of picks going to each other country, with chance and an interval resampling templates."
     o = out[out.setting == 2]; rows = []
     groups = [(k, g) for k, g in o.groupby(['country', 'category'], sort=False)] + [((c, 'Overall'), g) for c, g in o.groupby('country', sort=False)]
     for (c, cat), g in groups:
         for p in [x for x in CAMEL_COUNTRIES if x != c] + sorted(set(g.picked_country.dropna()) - set(CAMEL_COUNTRIES)):
             hit = (g.picked_country == p).to_numpy(float)
-            v, lo, hi = bootstrap_ci(hit, n_boot=n_boot, seed=seed)
+            v, lo, hi = cluster_ci(hit, np.mean, camel_templates(g), n_boot, seed)
             ch = float(np.mean([(f'foreign:{p}' in k) / len(k) for k in g.kinds]))
-            rows.append(dict(scenario=c, category=cat, picked=p, share=v, ci_low=lo, ci_high=hi, chance=ch, n=len(g)))
-    return pd.DataFrame(rows, columns=['scenario', 'category', 'picked', 'share', 'ci_low', 'ci_high', 'chance', 'n'])
+            rows.append(dict(scenario=c, category=cat, picked=p, share=v, ci_low=lo, ci_high=hi, ci_unit='template', chance=ch, n=len(g),
+                             templates=len(set(camel_templates(g)))))
+    return pd.DataFrame(rows, columns=['scenario', 'category', 'picked', 'share', 'ci_low', 'ci_high', 'ci_unit', 'chance', 'n', 'templates'])
 
 # %% ../nbs/06_gallery.ipynb #g045
 def _models(df:pd.DataFrame) -> list:
@@ -869,7 +906,7 @@ def make_translator(name:str|None,   # `gallery.translator_model`; None: the sta
     return PromptTranslator(lm if not name or name == base else make_backend(name, None, cache), max_tokens)
 
 # %% ../nbs/06_gallery.ipynb #g076
-TRANSLATION_COLUMNS = ['language', 'n', 'translated', 'kept_english', 'qe_method', 'qe_mean', 'qe_lo', 'qe_hi', 'dropped']   # gallery_translation.csv
+TRANSLATION_COLUMNS = ['language', 'n', 'translated', 'kept_english', 'qe_method', 'qe_mean', 'qe_lo', 'qe_hi', 'ci_unit', 'dropped']   # gallery_translation.csv
 
 def qe_method(qe:str) -> str:
     "`auto` resolved: cometkiwi where `unbabel-comet` is installed, else roundtrip."
@@ -919,7 +956,7 @@ def translate_instructions(recs:list,         # `load_instructions` records
     "(records, summary): each record's three fields in `lang` (untranslatable texts and empty translations kept in English), its fields' flags and QE, `keep`; the summary is one `gallery_translation.csv` row."
     out = [dict(r, source={k: r[k] for k in ALPACA_FIELDS}, english=[], qe=float('nan'), keep=True) for r in recs]
     if lang == 'en':
-        return out, dict(language=lang, n=len(out), translated=0, kept_english=0, qe_method='none', qe_mean=np.nan, qe_lo=np.nan, qe_hi=np.nan, dropped=0)
+        return out, dict(language=lang, n=len(out), translated=0, kept_english=0, qe_method='none', qe_mean=np.nan, qe_lo=np.nan, qe_hi=np.nan, ci_unit='instruction', dropped=0)
     todo = list(dict.fromkeys(r[k] for r in recs for k in ALPACA_FIELDS if translatable(r[k])))
     mt = dict(zip(todo, translator.translate(todo, 'en', lang, progress))) if todo else {}
     done = [t for t in todo if mt[t].strip()]
@@ -936,7 +973,7 @@ def translate_instructions(recs:list,         # `load_instructions` records
         r['keep'] = not (threshold and np.isfinite(r['qe']) and r['qe'] < threshold)
     q = np.array([r['qe'] for r in out], float); q = q[np.isfinite(q)]
     m, lo, hi = bootstrap_ci(q, seed=seed) if len(q) else (np.nan, np.nan, np.nan)
-    return out, dict(language=lang, n=len(out), translated=n_tr, kept_english=n_en, qe_method=qe, qe_mean=m, qe_lo=lo, qe_hi=hi,
+    return out, dict(language=lang, n=len(out), translated=n_tr, kept_english=n_en, qe_method=qe, qe_mean=m, qe_lo=lo, qe_hi=hi, ci_unit='instruction',
                      dropped=sum(not r['keep'] for r in out))
 
 # %% ../nbs/06_gallery.ipynb #g079

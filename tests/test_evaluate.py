@@ -14,8 +14,8 @@ from culturellm.evaluate import (FAMILIES, ModelSpec, Task, TaskDataError, align
                                  collect_results, compat_parse, country_similarity, culture_tasks, cut_texts, encode, family_of,
                                  js_similarity, load_tasks, macro_f1, macro_f1_codes, majority_baseline, paired_scores,
                                  plan_models, predict_tasks, prepare_items, random_baseline, read_task, score_items,
-                                 skipped_rows, strict_parse, stratified_sample, task_options, task_scores, task_status,
-                                 wasserstein_ordinal, write_results)
+                                 score_table, skipped_rows, strict_parse, stratified_sample, task_options, task_scores, task_status,
+                                 text_sources, text_units, wasserstein_ordinal, write_results)
 from culturellm.seeds import CULTURES, load_cultures
 from culturellm.stats import bootstrap_ci, paired_bootstrap
 
@@ -94,6 +94,49 @@ def test_task_scores_and_paired_difference():
     d = paired_scores(base, tuned, t, 300)
     assert d['value'] == pytest.approx(r['macro_f1']['value'] - macro_f1(base.gold, base.pred, ['OFF', 'NOT'])) and d['n'] == 10
 
+
+
+def test_repeated_texts_are_one_unit():
+    "Items repeating a text are resampled together: the interval of the distinct texts alone, not the narrower one of every copy."
+    t = BY['arabic:offensive_detect']
+    p = pd.DataFrame(dict(item_id=range(10), gold=['NOT'] * 7 + ['OFF'] * 3, pred=['NOT'] * 6 + ['OFF'] * 4, parsed=True))
+    twice = pd.concat([p, p.assign(item_id=p.item_id + 10)], ignore_index=True)             # every text on two lines
+    units = text_units(pd.DataFrame(dict(item_id=range(20), text=[f'text {i % 10}' for i in range(20)])))
+    one, two, naive = ({x['metric']: x for x in task_scores(d, t, 'generate', 400, units=u)} for d, u in ((p, None), (twice, units), (twice, None)))
+    for m in ('macro_f1', 'accuracy'):
+        assert [two[m][k] for k in ('value', 'ci_low', 'ci_high')] == pytest.approx([one[m][k] for k in ('value', 'ci_low', 'ci_high')])
+    assert (one['macro_f1']['ci_unit'], two['macro_f1']['ci_unit'], naive['macro_f1']['ci_unit']) == ('item', 'distinct text', 'item')
+    assert naive['accuracy']['ci_high'] - naive['accuracy']['ci_low'] < two['accuracy']['ci_high'] - two['accuracy']['ci_low']
+    d1, d2 = paired_scores(p, p.assign(pred='NOT'), t, 400), paired_scores(twice, twice.assign(pred='NOT'), t, 400, units=units)
+    assert (d2['ci_low'], d2['ci_high'], d2['ci_unit']) == (pytest.approx(d1['ci_low']), pytest.approx(d1['ci_high']), 'distinct text')
+
+
+def test_score_table_names_units_and_text_sources():
+    "score_table: the unit of each interval (`ci_unit`) and the group of tasks sharing texts (`text_source`) on every scored row."
+    ts = [BY['arabic:hate_detect_mp'], BY['arabic:spam_detect'], BY['arabic:vulgar_detect_mp']]
+    items = {ts[0].key: pd.DataFrame(dict(item_id=[0, 1, 2, 3], text=['a', 'b', 'a', 'c'])),
+             ts[1].key: pd.DataFrame(dict(item_id=[0, 1, 2], text=['x', 'y', 'z'])),
+             ts[2].key: pd.DataFrame(dict(item_id=[0, 1, 2], text=['a', 'b', 'd']))}
+    pred = pd.concat([pd.DataFrame(dict(model=m, task=t.task, item_id=items[t.key].item_id, gold=t.labels[0], pred=t.labels[k % 2], parsed=True))
+                      for m in ('base', 'tuned') for k, t in enumerate(ts)], ignore_index=True)
+    src = text_sources({t.task: items[t.key].text for t in ts})
+    assert src == {'hate_detect_mp': 'hate_detect_mp', 'spam_detect': 'spam_detect', 'vulgar_detect_mp': 'hate_detect_mp'}
+    S = score_table(pred, ts, {t.key: dict(empty_gold=0, no_text=0) for t in ts}, 'logprobs', 200, items=items, sources=src)
+    u = S[S.ci_low.notna()].drop_duplicates('task').set_index('task')
+    assert u.ci_unit.to_dict() == {'hate_detect_mp': 'distinct text', 'spam_detect': 'item', 'vulgar_detect_mp': 'item'}
+    assert set(S[S.metric == 'macro_f1_vs_base'].ci_unit) == {'distinct text', 'item'} and S.text_source.map(src.get).notna().all()
+    assert S.groupby('task').text_source.first().to_dict() == src
+
+
+def test_tasks_sharing_texts_in_the_data(data_root):
+    "The real sets: the six Spanish DETOXIS tasks are one text source; Korean hate_detect_6 repeats 253 of its texts."
+    es = [t for t in TASKS if t.culture == 'spanish' and task_status(t, data_root) == 'ok']
+    if len(es) < 11: pytest.skip('Spanish sets not all present')
+    src = text_sources({t.task: read_task(t, data_root).text for t in es})
+    detoxis = ('stereotype_detect', 'improper_detect', 'insult_detect', 'mockery_detect', 'aggressiveness_detect', 'negative_stance_detect')
+    assert {src[k] for k in detoxis} == {'stereotype_detect'} and len(set(src.values())) == 6
+    u = text_units(read_task(BY['korean:hate_detect_6'], data_root))
+    assert (len(u), len(set(u.values()))) == (1000, 747)
 
 # ------------------------------------------------------------------ parsers
 
@@ -367,6 +410,9 @@ def _fake_run(run: Path, cfg):
     qs = load_questions()
     write_jsonl(run / 'data' / 'augment_step1.jsonl', [dict(q_id=q.id, text=f'In your view: {q.text}', step=1, status='kept') for q in qs])
     write_jsonl(run / 'data' / 'augmented.jsonl', [dict(q_id=q.id, text=f'Tell me, {q.text}', step=2, status='kept') for q in qs])
+    from culturellm.seeds import CULTURES, stage_answers
+    ans = stage_answers(run, CULTURES['arabic'], cfg, required=False)      # the seeds stage's answers file
+    atomic_write_json(run / 'data' / 'answers' / 'arabic.json', dict(culture='arabic', answers={str(k): v for k, v in ans.items()}))
     torch.manual_seed(0)
     for name in ('arabic', 'one'):
         m = AutoModelForCausalLM.from_pretrained(resolve_model('tiny-random')[0])
@@ -400,7 +446,25 @@ def test_stage_end_to_end(tmp_path, data_root, monkeypatch):
     assert {'WVS: seed questions (trained)', 'WVS: held-out paraphrases', 'WVS: held-out topic: RELIGIOUS VALUES'} == set(wv.task)
     assert {'arabic without topic', 'uniform', 'all-countries average', 'survey: english'} <= set(wv.model)
     assert wv[wv.task == 'WVS: held-out topic: RELIGIOUS VALUES'].n.max() == 2
+    assert set(f1.ci_unit) <= {'item', 'distinct text'} and set(S[S.metric.str.startswith('wvs') & S.ci_low.notna()].ci_unit) == {'seed question'}
+    src = f1.drop_duplicates('task').set_index('task').text_source                 # the two Multi-Platform sets share 675 texts
+    assert (src['hate_detect_mp'], src['vulgar_detect_mp'], src['spam_detect']) == ('hate_detect_mp', 'hate_detect_mp', 'spam_detect')
     assert (run / 'adapters' / 'arabic-without-religious-values' / 'adapter_config.json').exists()
     for f in ('tasks', 'wvs', 'values', 'value_map'): assert (run / 'figures' / f'evaluate_arabic_{f}.png').stat().st_size > 5000
     V = pd.read_csv(run / 'results' / 'values_arabic.csv')
     assert set(V.model) == {'base', 'arabic', 'One'} and V.groupby('model').size().unique().tolist() == [11]
+
+
+
+def test_stage_needs_the_seeds_answers_in_a_run_folder(tmp_path, data_root, monkeypatch):
+    "The held-out-topic adapter trains on the seeds stage's answers (`stage_answers`): in a run folder without its file the stage stops, naming it."
+    import papermill as pm
+    monkeypatch.setenv('CULTURELLM_DATA', str(data_root))
+    run = tmp_path / 'run'
+    cfg = get_config('smoke', {'evaluate': {'max_items': 2, 'n_boot': 100, 'heldout_topic': 'RELIGIOUS VALUES', 'tasks': ['spam_detect'],
+                                            'models': ['base'], 'context': False}, 'finetune': {'max_steps': 1, 'eval_items': 4}})
+    _fake_run(run, cfg)
+    (run / 'data' / 'answers' / 'arabic.json').unlink()
+    with pytest.raises(pm.PapermillExecutionError, match='run the seeds stage first'):
+        pm.execute_notebook(str(REPO / 'nbs' / '03_evaluate.ipynb'), str(tmp_path / 'out.ipynb'), cwd=str(REPO / 'nbs'), progress_bar=False,
+                            parameters=dict(culture='arabic', profile='smoke', run_dir=str(run), config_file=str(run / 'config.json')))

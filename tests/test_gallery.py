@@ -59,6 +59,55 @@ def test_random_baseline_of_released_data(gg):
     assert np.allclose(b, [0.311, 0.295, 0.342, 0.305, 0.335, 0.331], atol=5e-4) and b.mean() == pytest.approx(0.320, abs=5e-4)
 
 
+
+# --- the unit of every interval -----------------------------------------------------------------------------
+
+def _perfectly_shared(hits, lang='en', setting='country'):
+    "Scored rows where every country answers each question alike: hits[q] in all six countries (k 1, n 2)."
+    return pd.DataFrame([dict(lang=lang, setting=setting, q=q, country=c, hits=h, k=1, n=2) for q, h in enumerate(hits) for c in COUNTRIES])
+
+
+def test_geomlama_mean_rows_have_question_intervals():
+    "The mean over countries carries an interval (it had none: NaN) and its gap over the random baseline; both resample questions."
+    S = geomlama_scores(_perfectly_shared([1, 0, 1, 1, 0, 1, 1, 0]), n_boot=400).set_index('country')
+    m = S.loc['mean']
+    assert np.isfinite([m.ci_low, m.ci_high, m.gap_low, m.gap_high]).all() and m.ci_low < 5 / 8 < m.ci_high
+    assert m.precision == pytest.approx(5 / 8) and m.random == pytest.approx(1 / 2) and m.ci_unit == 'question' and m.questions == 8
+    # six countries answering alike are one observation per question: the mean's interval is one country's, not narrower
+    assert [m.ci_low, m.ci_high] == pytest.approx([S.loc['us', 'ci_low'], S.loc['us', 'ci_high']])
+    assert m.gap_low == pytest.approx(m.ci_low - 1 / 2) and m.gap_high == pytest.approx(m.ci_high - 1 / 2)   # a constant baseline: the gap is shifted
+
+
+def test_geomlama_gap_is_reliable_only_where_the_interval_clears_the_baseline():
+    "A model right on every question is reliably above random; one right on half (baseline 1/2) is not."
+    assert geomlama_scores(_perfectly_shared([1] * 6), n_boot=200).set_index('country').loc['mean', 'gap_low'] > 0
+    assert geomlama_scores(_perfectly_shared([1, 0] * 3), n_boot=200).set_index('country').loc['mean', 'gap_low'] < 0
+
+
+def test_precision_interval_counts_a_question_once():
+    "Two rows of one question are one unit: the same interval as one row per question (rows resampled one by one would be narrower)."
+    R = pd.DataFrame(dict(country='us', q=[0, 0, 1, 1, 2, 2], hits=[1, 1, 0, 0, 1, 1], k=1, n=2))
+    a, b = precision_table(R, ['country']).iloc[0], precision_table(R.drop_duplicates('q'), ['country']).iloc[0]
+    assert (a.ci_low, a.ci_high, a.questions) == pytest.approx((b.ci_low, b.ci_high, 3))
+    assert np.isnan(precision_table(R[R.q == 0], ['country']).ci_low.iloc[0])       # one question: no interval
+
+
+def test_camel_intervals_resample_templates():
+    "CAMeL intervals resample templates, each with all its sentences in every country; a single template gives none."
+    from culturellm.stats import bootstrap_ci
+    E = {c: {cat: [f'{c}{cat}{i}' for i in range(5)] for cat in ('food', 'drink', 'place')} for c in CAMEL_COUNTRIES}
+    T = {cat: ['X [mask].', 'Y [mask].', 'Z [mask].'] for cat in E['USA']}
+    I = camel_items(1, T, E, samples=4)
+    O = camel_outcomes(I, [np.eye(len(o))[0] for o in I.options]).assign(outcome=lambda d: (d.template != 1).astype(float))
+    S = camel_scores(O, n_boot=300).set_index(['setting', 'country', 'category'])
+    units = O.groupby(['category', 'template'], sort=False).outcome.mean().to_numpy()    # every template: the same share in all six countries
+    assert S.loc[(1, 'all', 'Overall'), ['ci_low', 'ci_high']].tolist() == pytest.approx(list(bootstrap_ci(units, n_boot=300)[1:]))
+    assert (S.loc[(1, 'all', 'Overall'), 'templates'], S.loc[(1, 'all', 'Overall'), 'n']) == (9, 6 * 9 * 4) and set(S.ci_unit) == {'template'}
+    one = camel_scores(O[O.template == 0], n_boot=100).set_index(['country', 'category'])
+    assert np.isnan(one.loc[('USA', 'food'), 'ci_low']) and np.isfinite(one.loc[('USA', 'Overall'), 'value'])
+    P = camel_priors(camel_outcomes(camel_items(2, T, E, samples=2), [np.eye(5)[0]] * (6 * 9 * 2)), n_boot=100)
+    assert set(P.ci_unit) == {'template'} and (P[P.category == 'Overall'].templates == 9).all()
+
 # --- the calibration ----------------------------------------------------------------------------------------
 
 def test_calibration_reranks():
