@@ -15,13 +15,13 @@ from .config import FIGURE_FORMATS, atomic_write_bytes, atomic_write_json, atomi
 from .stats import bootstrap_ci
 
 # %% auto #0
-__all__ = ['SCHEMAS', 'NUMERIC', 'PER_CULTURE', 'SINGLE', 'SUB_STEMS', 'WVS_BASELINES', 'STYLE', 'AUGMENT_MEASURES', 'PARTS',
-           'AnalysisDataError', 'check_table', 'read_table', 'load_run', 'model_role', 'task_family',
-           'performance_table', 'family_table', 'vs_base_table', 'wvs_table', 'values_table', 'ablation_table',
-           'scaling_table', 'winrate_table', 'study_style', 'save_figure', 'plot_performance', 'plot_radar',
-           'plot_vs_base', 'plot_values_map', 'plot_agreement', 'plot_augment', 'plot_measures', 'plot_scaling',
-           'plot_translation', 'draw_figures', 'fmt', 'ci', 'md_table', 'task_matrix', 'reading', 'report_markdown',
-           'build_report']
+__all__ = ['SCHEMAS', 'NUMERIC', 'PER_CULTURE', 'SINGLE', 'SUB_STEMS', 'WVS_BASELINES', 'NO_UNIT', 'STYLE', 'AUGMENT_MEASURES',
+           'PARTS', 'AnalysisDataError', 'check_table', 'read_table', 'load_run', 'model_role', 'task_family',
+           'unit_note', 'performance_table', 'family_table', 'vs_base_table', 'wvs_table', 'values_table',
+           'ablation_table', 'scaling_table', 'winrate_table', 'study_style', 'save_figure', 'plot_performance',
+           'plot_radar', 'plot_vs_base', 'plot_values_map', 'plot_agreement', 'judge_unit', 'judge_ci', 'plot_augment',
+           'plot_measures', 'plot_scaling', 'plot_translation', 'draw_figures', 'fmt', 'ci', 'md_table', 'task_matrix',
+           'reading', 'report_markdown', 'build_report']
 
 # %% ../nbs/07_analysis.ipynb #a008
 class AnalysisDataError(ValueError):
@@ -152,19 +152,34 @@ def _ok(d:pd.DataFrame) -> pd.DataFrame: return d[d.status == 'ok'] if 'status' 
 
 def _col(d:pd.DataFrame, c:str) -> pd.Series: return d[c] if c in d else pd.Series(np.nan, index=d.index)
 
+NO_UNIT = 'unit not recorded'   # what a table says of intervals whose file names no `ci_unit` (an older run folder)
+
+def unit_note(units) -> str:
+    "A table's caption line naming what its intervals resampled, from their `ci_unit` values (`NO_UNIT` where a file has none)."
+    u = pd.Series(units, dtype=object)
+    names = [str(x) for x in dict.fromkeys(u.dropna())]
+    return 'Intervals resample: ' + ', '.join(names + ([NO_UNIT] if u.isna().any() or not names else [])) + '.'
+
+def _with_ci(d:pd.DataFrame, lo:str='ci_low') -> pd.Series:
+    "The `ci_unit` of the rows of `d` that have an interval (NaN where the file has no such column)."
+    return _col(d, 'ci_unit')[d[lo].notna()] if lo in d else pd.Series(dtype=object)
+
 def performance_table(scores:pd.DataFrame,   # `scores` rows
                       n_boot:int=1000,       # resamples of the interval over tasks
                      ) -> pd.DataFrame:
-    "Per culture and model: mean macro-F1 over tasks [bootstrap interval over tasks], the mean baselines, tasks above the majority class."
+    """Per culture and model: mean macro-F1 over tasks with a bootstrap interval, the mean baselines, tasks above the majority class.
+    The interval resamples text sources (`text_source`: tasks that share their texts are drawn together), or tasks where none is recorded."""
     s = _ok(scores[scores.metric == 'macro_f1']); rows = []
     for (c, m), g in s.groupby(['culture', 'model'], sort=False):
-        v = g.value.to_numpy(float)
-        mean, lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=0) if len(v) > 1 else (float(v[0]), np.nan, np.nan)
+        v, src = g.value.to_numpy(float), _col(g, 'text_source').astype(object).fillna(g.task).astype(str).to_numpy()
+        k = len(set(src))
+        mean, lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=0, clusters=src) if k > 1 else (float(v.mean()), np.nan, np.nan)
         maj = _col(g, 'majority_baseline')
         rows.append(dict(culture=c, model=m, tasks=len(g), items=int(g.n.sum()), macro_f1=mean, lo=lo, hi=hi,
+                         ci_unit=None if k < 2 else 'task' if k == len(v) else 'text source', sources=k,
                          majority=maj.mean(), random=_col(g, 'random_baseline').mean(),
                          above_majority=int((g.value > maj).sum()), ci_above_majority=int((g.ci_low > maj).sum())))
-    return pd.DataFrame(rows, columns=['culture', 'model', 'tasks', 'items', 'macro_f1', 'lo', 'hi', 'majority', 'random',
+    return pd.DataFrame(rows, columns=['culture', 'model', 'tasks', 'items', 'macro_f1', 'lo', 'hi', 'ci_unit', 'sources', 'majority', 'random',
                                        'above_majority', 'ci_above_majority'])
 
 def family_table(scores:pd.DataFrame) -> pd.DataFrame:   # `scores` rows
@@ -184,15 +199,16 @@ def vs_base_table(scores:pd.DataFrame) -> pd.DataFrame:   # `scores` rows
 def wvs_table(scores:pd.DataFrame) -> pd.DataFrame:   # `scores` rows
     "Per culture, WVS split and model: 1 − JSD [interval], n questions, the uniform and all-countries baselines, and the difference from the base model [interval]."
     s = _ok(scores); w = s[s.metric == 'wvs_1-jsd']; d = s[s.metric == 'wvs_1-jsd_vs_base']; rows = []
+    w = w.assign(ci_unit=_col(w, 'ci_unit'))
     for (c, sp), g in w.groupby(['culture', 'task'], sort=False):
         base = g.set_index('model').value
         for r in g[~g.model.isin(WVS_BASELINES) & ~g.model.str.startswith('survey: ')].itertuples():
             dd = d[(d.culture == c) & (d.task == sp) & (d.model == r.model)]
-            rows.append(dict(culture=c, split=sp.removeprefix('WVS: '), model=r.model, n=int(r.n), alignment=r.value, lo=r.ci_low, hi=r.ci_high,
+            rows.append(dict(culture=c, split=sp.removeprefix('WVS: '), model=r.model, n=int(r.n), alignment=r.value, lo=r.ci_low, hi=r.ci_high, ci_unit=r.ci_unit,
                              uniform=base.get('uniform', np.nan), all_countries=base.get('all-countries average', np.nan),
                              diff=dd.value.iloc[0] if len(dd) else np.nan, diff_lo=dd.ci_low.iloc[0] if len(dd) else np.nan,
                              diff_hi=dd.ci_high.iloc[0] if len(dd) else np.nan))
-    return pd.DataFrame(rows, columns=['culture', 'split', 'model', 'n', 'alignment', 'lo', 'hi', 'uniform', 'all_countries', 'diff', 'diff_lo', 'diff_hi'])
+    return pd.DataFrame(rows, columns=['culture', 'split', 'model', 'n', 'alignment', 'lo', 'hi', 'ci_unit', 'uniform', 'all_countries', 'diff', 'diff_lo', 'diff_hi'])
 
 def values_table(values:pd.DataFrame,   # `values` rows (culture, country, name, similarity, model)
                  own:dict|None=None,    # {culture: its WVS country codes}
@@ -211,19 +227,19 @@ def ablation_table(ablation:pd.DataFrame|None=None,   # per-seed `ablation` rows
                   ) -> pd.DataFrame:
     "Per culture, setting and measure: the mean over seeds with its interval, as the ablation stage summarises it (`ablation.summarise`)."
     from culturellm.ablation import summarise
-    cols, key = ['culture', 'setting', 'measure', 'mean', 'sd', 'n_seeds', 'lo', 'hi'], ['culture', 'setting', 'measure']
+    cols, key = ['culture', 'setting', 'measure', 'mean', 'sd', 'n_seeds', 'lo', 'hi', 'ci_unit'], ['culture', 'setting', 'measure']
     t = summarise(ablation) if ablation is not None else pd.DataFrame(columns=cols)
     if summary is not None:   # the stage's own summary replaces the rows it has
-        s = summary.assign(sd=_col(summary, 'sd'))[cols]
+        s = summary.assign(sd=_col(summary, 'sd'), ci_unit=_col(summary, 'ci_unit'))[cols]
         t = pd.concat([t[~t.set_index(key).index.isin(s.set_index(key).index)], s], ignore_index=True) if len(t) else s
-    return t[cols].reset_index(drop=True)
+    return t.assign(ci_unit=_col(t, 'ci_unit'))[cols].reset_index(drop=True)
 
 def scaling_table(scaling:pd.DataFrame) -> pd.DataFrame:   # `scaling` rows
     "Per culture, model, measure and size: the mean over seeds and, as the scaling stage draws it, the widest of the seeds' intervals."
     s = scaling.assign(culture=_col(scaling, 'culture').fillna('all'), model=_col(scaling, 'model').fillna(''),
-                       lo=_col(scaling, 'lo'), hi=_col(scaling, 'hi'), n=_col(scaling, 'n'))
+                       lo=_col(scaling, 'lo'), hi=_col(scaling, 'hi'), n=_col(scaling, 'n'), ci_unit=_col(scaling, 'ci_unit'))
     t = (s.groupby(['culture', 'model', 'measure', 'size'], sort=False)
-          .agg(value=('value', 'mean'), sd=('value', 'std'), seeds=('value', 'size'), lo=('lo', 'min'), hi=('hi', 'max'), n=('n', 'max'))
+          .agg(value=('value', 'mean'), sd=('value', 'std'), seeds=('value', 'size'), lo=('lo', 'min'), hi=('hi', 'max'), ci_unit=('ci_unit', 'first'), n=('n', 'max'))
           .reset_index().sort_values(['culture', 'model', 'measure', 'size'], kind='stable'))
     return t.reset_index(drop=True)
 
@@ -374,6 +390,17 @@ def plot_agreement(ag:pd.DataFrame,   # agreement rows (culture, split, model, n
 
 AUGMENT_MEASURES = ('sim_seed_mean', 'below_threshold', 'near_dup', 'distinct_2')
 
+def judge_unit(judge:pd.DataFrame) -> str:   # `augment_judge` rows
+    "What the judge's intervals resample: the seed question (its paraphrases are drawn together), or the rated pair where no seed is recorded."
+    return 'seed question' if 'seed' in judge and judge['seed'].notna().all() else 'rated pair'
+
+def judge_ci(judge:pd.DataFrame,   # one set's `augment_judge` rows
+             col:str='rating',     # the rating column
+             n_boot:int=1000,      # resamples
+            ) -> tuple:
+    "(mean, low, high) of the judge's ratings, resampling seed questions (`judge_unit`)."
+    return bootstrap_ci(judge[col].to_numpy(float), n_boot=n_boot, seed=0, clusters=judge['seed'].to_numpy() if judge_unit(judge) == 'seed question' else None)
+
 def plot_augment(q:pd.DataFrame|None,       # `augment_quality` rows (one per set)
                  judge:pd.DataFrame|None,   # `augment_judge` rows (set, rating, expected)
                  title:str='',              # the figure's title
@@ -387,11 +414,11 @@ def plot_augment(q:pd.DataFrame|None,       # `augment_quality` rows (one per se
         axes[0].set_ylim(0, 1); axes[0].legend(); axes[0].set_title('augmented sets (records: ' + ', '.join(f"{s} {int(r)}" for s, r in zip(qq.set, _col(qq, 'records').fillna(0))) + ')')
     if judge is not None:
         col = 'expected' if 'expected' in judge else 'rating'; sets = list(dict.fromkeys(judge.set))
-        st = [bootstrap_ci(judge[judge.set == s][col].to_numpy(float), n_boot=500, seed=0) for s in sets]
+        st = [judge_ci(judge[judge.set == s], col, 500) for s in sets]
         v = np.array([x[0] for x in st])
         axes[1].barh(range(len(sets)), v, xerr=_errs(v, [x[1] for x in st], [x[2] for x in st]), capsize=2, color='C2')
         axes[1].set_yticks(range(len(sets))); axes[1].set_yticklabels([f"{s} (n={int((judge.set == s).sum())})" for s in sets]); axes[1].invert_yaxis()
-        axes[1].set_xlabel(f"judge's {'expected ' if col == 'expected' else ''}rating (95% interval)"); axes[1].set_title('paraphrase judge')
+        axes[1].set_xlabel(f"judge's {'expected ' if col == 'expected' else ''}rating (95% interval over {judge_unit(judge)}s)"); axes[1].set_title('paraphrase judge')
     else: axes[1].set_axis_off()
     fig.suptitle(title, fontsize=9); fig.tight_layout()
     return fig
@@ -496,7 +523,7 @@ def draw_figures(R:dict,                # `load_run`
                 save('performance', f'tasks_{c}', plot_task_scores(_ok(sc[sc.metric == 'macro_f1']), f'{c}: macro-F1 per task'),
                      f"n: {int(f1[f1.culture == c].n.max())} items per task")
         if S is not None and (S.metric == 'macro_f1_vs_base').any():
-            save('vs_base', 'vs_base', plot_vs_base(S, 'Paired differences from the base model per task'), 'paired bootstrap over the items of each task')
+            save('vs_base', 'vs_base', plot_vs_base(S, 'Paired differences from the base model per task'), 'paired bootstrap within each task; ' + unit_note(_with_ci(S[S.metric == 'macro_f1_vs_base'])).lower())
         if S is not None and (S.metric == 'wvs_1-jsd').any():
             for c in dict.fromkeys(S[S.metric == 'wvs_1-jsd'].culture):
                 w = _ok(S[(S.culture == c) & S.metric.str.startswith('wvs')])
@@ -586,13 +613,14 @@ def md_table(df:pd.DataFrame,   # a table
 def task_matrix(scores:pd.DataFrame,   # `scores` rows
                 culture:str,           # one culture
                ) -> pd.DataFrame:
-    "Per task of `culture`: n, the baselines, and each model's macro-F1 [interval] as text."
+    "Per task of `culture`: n, the baselines, each model's macro-F1 [interval] as text, and what the intervals resampled (`ci_unit`)."
     s = _ok(scores[(scores.metric == 'macro_f1') & (scores.culture == culture)])
     t = s.drop_duplicates('task').set_index('task')
     out = pd.DataFrame(dict(task=t.index, n=t.n.astype(int).values, majority=_col(t, 'majority_baseline').values, random=_col(t, 'random_baseline').values))
     for m, g in s.groupby('model', sort=False):
         g = g.set_index('task').reindex(t.index)
         out[m] = [ci(v, lo, hi) for v, lo, hi in zip(g.value, g.ci_low, g.ci_high)]
+    out['ci_unit'] = [_with_ci(g).dropna().iloc[0] if _with_ci(g).notna().any() else NO_UNIT for _, g in s.groupby('task', sort=False)]
     return out
 
 # %% ../nbs/07_analysis.ipynb #a024
@@ -636,12 +664,12 @@ def reading(R:dict,   # `load_run`
                        '; '.join(f"{r.culture} {r.model} {r.split}: {r.diff:+.3f} [{r.diff_low:.3f}, {r.diff_high:.3f}], n={int(r.n)}" for r in d.itertuples()) + ').')
     if 'augment_judge' in T:
         j = T['augment_judge']; col = 'expected' if 'expected' in j else 'rating'
-        st = {s: bootstrap_ci(j[j.set == s][col].to_numpy(float), n_boot=n_boot, seed=0) for s in dict.fromkeys(j.set)}
+        st = {s: judge_ci(j[j.set == s], col, n_boot) for s in dict.fromkeys(j.set)}
         txt = '; '.join(f"{s} {ci(*v)}" for s, v in st.items())
         a, b = st.get('anchor: identical'), st.get('anchor: unrelated')
         sep = '' if a is None or b is None else (" — the anchors' intervals overlap, so at this size the judge does not tell a faithful paraphrase from an unrelated sentence"
                                                   if not (a[1] > b[2] or b[1] > a[2]) else " — the judge separates the identical from the unrelated anchors")
-        out.append(f"Augmentation judge ({col} rating): {txt}{sep}.")
+        out.append(f"Augmentation judge ({'expected rating' if col == 'expected' else 'rating'}; intervals resample {judge_unit(j)}s): {txt}{sep}.")
     if 'ablation' in T or 'ablation_summary' in T:
         A = ablation_table(T.get('ablation'), T.get('ablation_summary'))
         for (c, m), g in A[A.measure != 'macro_f1'].groupby(['culture', 'measure'], sort=False):   # per-task macro-F1 is in macro_f1_mean
@@ -664,11 +692,14 @@ def reading(R:dict,   # `load_run`
             overlap = not (a.hi < b.lo or b.hi < a.lo) if np.isfinite([a.lo, a.hi, b.lo, b.hi]).all() else None
             out.append(f"Data size, {c} {m}: {fmt(a.value)} at {int(a['size'])} samples → {fmt(b.value)} at {int(b['size'])}" +
                        ('' if overlap is None else ' (intervals overlap)' if overlap else ' (intervals do not overlap)') + '.')
-    if 'geomlama' in T:
-        g = T['geomlama']; g = g[g.country == 'mean'] if (g.country == 'mean').any() else g
-        k = g.groupby([c for c in ('model', 'lang', 'setting') if c in g], sort=False).agg(p=('precision', 'mean'), r=('random', 'mean'), lo=('ci_low', 'mean'), hi=('ci_high', 'mean')).reset_index()
-        out.append(f"GeoMLaMA: {int((k.lo > k.r).sum())} of {len(k)} ({'model, ' if 'model' in k else ''}language, setting) mean precisions are reliably above their random-ranking baseline; "
-                   f"the largest gap over it is {(k.p - k.r).max():+.3f}.")
+    if 'geomlama' in T:   # reliably above random: the interval of precision − random (same resamples) above zero; older files: ci_low > random
+        g = T['geomlama']; mean = (g.country == 'mean').any(); k = g[g.country == 'mean'] if mean else g
+        what = ('model, ' if 'model' in k else '') + 'language, setting' + ('' if mean else ', country')
+        lo = k.gap_low if 'gap_low' in k else k.ci_low - k.random
+        known = lo.notna()
+        out.append(f"GeoMLaMA: {int((lo[known] > 0).sum())} of {int(known.sum())} ({what}) {'mean ' if mean else ''}precisions are reliably above their "
+                   f"random-ranking baseline ({unit_note(_with_ci(k)).lower().rstrip('.')})" + (f"; {int((~known).sum())} have no interval" if (~known).any() else '')
+                   + f"; the largest gap over it is {(k.precision - k.random).max():+.3f}.")
     if 'camel' in T:
         C = T['camel']; C = C[(C.category == 'Overall') & (C.country == 'all')] if ((C.category == 'Overall') & (C.country == 'all')).any() else C
         out.append('CAMeL: ' + '; '.join(f"{(r.model + ', ') if 'model' in C else ''}setting {int(r.setting)} {r.metric} {ci(r.value, r.ci_low, r.ci_high)} vs chance {r.chance:.3f}" for r in C.drop_duplicates(['setting', 'metric'] + (['model'] if 'model' in C else [])).itertuples()) + '.')
@@ -735,22 +766,26 @@ def report_markdown(R:dict,    # `load_run`
         L += ["**Not in this run** (no result files; no figure drawn): " + '; '.join(f"{PARTS[p][0]} (stage `{PARTS[p][1]}`)" for p in absent) + '.\n']
     S = T.get('scores')
     if 'performance' in F['figures']:
-        L += ["## Downstream tasks\n", "Mean macro-F1 over tasks per culture and model [bootstrap interval over tasks]; `majority` and `random` are the "
+        L += ["## Downstream tasks\n", "Mean macro-F1 over tasks per culture and model [bootstrap interval]; `ci_unit` is what the interval resampled: "
+              "`text source` (tasks that share their texts drawn together; `sources` counts them) or `task`. `majority` and `random` are the "
               "mean macro-F1 of always answering the majority class and of answering uniformly at random; `above_majority` counts the tasks where "
               "the model's score is above the majority class, `ci_above_majority` those where its interval's lower end is.\n"]
         P = performance_table(S, n_boot)
-        L += [md_table(P.assign(macro_f1=[ci(v, lo, hi) for v, lo, hi in zip(P.macro_f1, P.lo, P.hi)]).drop(columns=['lo', 'hi'])), _figs(F, 'performance').split('![analysis_tasks')[0]]
+        L += [md_table(P.assign(macro_f1=[ci(v, lo, hi) for v, lo, hi in zip(P.macro_f1, P.lo, P.hi)], ci_unit=P.ci_unit.astype(object).fillna('–')).drop(columns=['lo', 'hi'])),
+              _figs(F, 'performance').split('![analysis_tasks')[0]]
         for c in dict.fromkeys(_ok(S[S.metric == 'macro_f1']).culture):
-            L += [f"### {c}: per task\n", md_table(task_matrix(S, c)), _figs(dict(F, figures={'t': [f'analysis_tasks_{c}']}), 't')]
+            L += [f"### {c}: per task\n", "Each model's macro-F1 [bootstrap interval over the task's items; `ci_unit`: `item`, or `distinct text` where the set "
+                  "repeats a text and the copies are drawn together].\n", md_table(task_matrix(S, c)), _figs(dict(F, figures={'t': [f'analysis_tasks_{c}']}), 't')]
     if 'vs_base' in F['figures']:
         L += ["## Differences from the base model\n", "Per culture and model, the paired per-task macro-F1 differences from the base model "
-              "(`base+context` is the prompt-context baseline: the base model with the culture's background paragraph).\n", md_table(vs_base_table(S)), _figs(F, 'vs_base')]
+              "(`base+context` is the prompt-context baseline: the base model with the culture's background paragraph).\n", md_table(vs_base_table(S)),
+              unit_note(_with_ci(S[S.metric == 'macro_f1_vs_base'])) + '\n', _figs(F, 'vs_base')]
     if 'wvs' in F['figures']:
         W = wvs_table(S)
         L += ["## WVS alignment\n", "1 − Jensen–Shannon distance between the model's answer distribution and the survey's, per WVS split, "
               "beside the uniform-answer and all-countries-average baselines; `diff` is the paired difference from the base model.\n",
-              md_table(W.assign(alignment=[ci(*x) for x in zip(W.alignment, W.lo, W.hi)], diff=[ci(*x) for x in zip(W['diff'], W.diff_lo, W.diff_hi)])
-                        .drop(columns=['lo', 'hi', 'diff_lo', 'diff_hi'])), _figs(F, 'wvs')]
+              md_table(W.assign(alignment=[ci(*x) for x in zip(W.alignment, W.lo, W.hi)], diff=[ci(*x) for x in zip(W['diff'], W.diff_lo, W.diff_hi)],
+                                ci_unit=W.ci_unit.astype(object).fillna(NO_UNIT)).drop(columns=['lo', 'hi', 'diff_lo', 'diff_hi'])), _figs(F, 'wvs')]
     if 'values' in F['figures']:
         L += ["## Whose values\n", "The country whose survey answers each model's answers resemble most, and the rank of the culture's own countries.\n",
               md_table(values_table(T['values'], _own_countries(R))), _figs(F, 'values')]
@@ -758,35 +793,44 @@ def report_markdown(R:dict,    # `load_run`
         a = T['agreement']
         L += ["## Fine-tuning: agreement with the survey\n", md_table(a.assign(agreement=[ci(*x) for x in zip(a.agreement, a.ci_low, a.ci_high)],
               diff=[ci(*x) for x in zip(_col(a, 'diff'), _col(a, 'diff_low'), _col(a, 'diff_high'))])[[c for c in ('culture', 'split', 'model', 'n', 'agreement', 'p_gold', 'diff', 'p_value') if c in a]]),
-              _figs(F, 'agreement')]
+              unit_note(_with_ci(a)) + '\n', _figs(F, 'agreement')]
     if 'augment' in F['figures']:
         q = T.get('augment_quality')
         L += ["## Augmentation quality\n"] + ([md_table(q[[c for c in ('set', 'records', 'seeds', 'sim_seed_mean', 'below_threshold', 'near_dup', 'distinct_2', 'judge_expected', 'judge_n', 'judge') if c in q]])] if q is not None else []) + [_figs(F, 'augment')]
     if 'ablation' in F['figures'] or 'local' in F['figures']:
         A = ablation_table(T.get('ablation'), T.get('ablation_summary'))
-        L += ["## Ablations\n", "Mean over seeds per setting [interval: the run's own for one seed, mean ± 1.96 sd/√k over k seeds].\n",
-              md_table(A.assign(mean=[ci(*x) for x in zip(A['mean'], A.lo, A.hi)]).drop(columns=['lo', 'hi'])), _figs(F, 'ablation'), _figs(F, 'local')]
+        L += ["## Ablations\n", "Mean over training seeds per setting [interval: the run's own for one seed; over k seeds the mean of the k per-seed "
+              "intervals, each resampling the `ci_unit` of its row — the seeds themselves are not resampled].\n",
+              md_table(A.assign(mean=[ci(*x) for x in zip(A['mean'], A.lo, A.hi)], ci_unit=A.ci_unit.astype(object).where(A.lo.isna(), A.ci_unit.astype(object).fillna(NO_UNIT)))
+                       .drop(columns=['lo', 'hi'])), _figs(F, 'ablation'), _figs(F, 'local')]
     if 'winrate' in F['figures']:
-        L += ["## Open-ended win rates\n", md_table(winrate_table(T['winrate'])), _figs(F, 'winrate')]
+        Wr = winrate_table(T['winrate'])
+        L += ["## Open-ended win rates\n", md_table(Wr), unit_note(_with_ci(Wr, 'win_lo')) + '\n' if 'win_lo' in Wr else '', _figs(F, 'winrate')]
     if 'forgetting' in F['figures']:
         Fg = T['forgetting']
-        L += ["## Forgetting\n", md_table(Fg.assign(accuracy=[ci(*x) for x in zip(Fg.accuracy, Fg.lo, Fg.hi)]).drop(columns=['lo', 'hi'])), _figs(F, 'forgetting')]
+        L += ["## Forgetting\n", md_table(Fg.assign(accuracy=[ci(*x) for x in zip(Fg.accuracy, Fg.lo, Fg.hi)]).drop(columns=['lo', 'hi'])),
+              unit_note(_with_ci(Fg, 'lo')) + '\n', _figs(F, 'forgetting')]
     if 'scaling' in F['figures']:
         t = scaling_table(T['scaling'])
-        L += ["## Data size\n", md_table(t.assign(value=[ci(*x) for x in zip(t.value, t.lo, t.hi)]).drop(columns=['lo', 'hi'])), _figs(F, 'scaling')]
+        L += ["## Data size\n", "Mean over training seeds per size [interval: the widest of the seeds' intervals, each resampling its `ci_unit`].\n",
+              md_table(t.assign(value=[ci(*x) for x in zip(t.value, t.lo, t.hi)], ci_unit=t.ci_unit.astype(object).where(t.lo.isna(), t.ci_unit.astype(object).fillna(NO_UNIT)))
+                       .drop(columns=['lo', 'hi'])), _figs(F, 'scaling')]
     if 'geomlama' in F['figures']:
         g = T['geomlama']; keys = [c for c in ('model', 'lang', 'setting') if c in g]
-        L += ["## Global Gallery: GeoMLaMA\n", "Precision@k per language and setting (the `mean` over countries), beside the random-ranking baseline.\n",
-              md_table(g[g.country == 'mean'].assign(precision=lambda d: [ci(*x) for x in zip(d.precision, d.ci_low, d.ci_high)])[keys + ['precision', 'random']]),
-              _figs(F, 'geomlama')]
+        gm = g[g.country == 'mean']
+        L += ["## Global Gallery: GeoMLaMA\n", "Precision@k per language and setting (the `mean` over countries) [bootstrap interval], beside the random-ranking baseline.\n",
+              md_table(gm.assign(precision=lambda d: [ci(*x) for x in zip(d.precision, d.ci_low, d.ci_high)])[keys + ['precision', 'random']]),
+              unit_note(_with_ci(gm)) + '\n', _figs(F, 'geomlama')]
     if 'camel' in F['figures']:
         C = T.get('camel')
         if C is not None:
             C = C[C.category == 'Overall']
-            L += ["## Global Gallery: CAMeL\n", md_table(C.assign(value=[ci(*x) for x in zip(C.value, C.ci_low, C.ci_high)])[[c for c in ('model', 'setting', 'metric', 'country', 'value', 'chance', 'n') if c in C]])]
+            L += ["## Global Gallery: CAMeL\n", md_table(C.assign(value=[ci(*x) for x in zip(C.value, C.ci_low, C.ci_high)])[[c for c in ('model', 'setting', 'metric', 'country', 'value', 'chance', 'n') if c in C]]),
+                  unit_note(_with_ci(C)) + '\n']
         L += [_figs(F, 'camel')]
     if 'translation' in F['figures']:
-        L += ["## Global Gallery: translated Alpaca\n", md_table(T['translation']), _figs(F, 'translation')]
+        Tr = T['translation']
+        L += ["## Global Gallery: translated Alpaca\n", md_table(Tr), unit_note(_with_ci(Tr, 'qe_lo')) + '\n' if 'qe_lo' in Tr else '', _figs(F, 'translation')]
     if 'tuning' in T:
         L += ["## Global Gallery: instruction tuning\n", md_table(T['tuning'])]
     L += ["## Configuration\n", md_table(_config_rows(cfg)) if cfg else '_config.json not found_\n']

@@ -38,30 +38,31 @@ def make_run(folder: Path, parts=('scores', 'ablation', 'winrate', 'forgetting',
             for m, vs in vals.items():
                 for k, v in enumerate(vs):
                     rows.append(dict(culture=c, model=m, task=f'{["offensive", "hate", "spam"][k]}_detect', metric='macro_f1', value=v, ci_low=v - .1,
-                                     ci_high=v + .1, n=40, majority_baseline=.45, random_baseline=.5, ceiling=1.0, p_value=None, status='ok'))
+                                     ci_high=v + .1, ci_unit='item', n=40, majority_baseline=.45, random_baseline=.5, ceiling=1.0, p_value=None, status='ok',
+                                     text_source=f'{["offensive", "hate", "spam"][k]}_detect'))
                     if m != 'base':
                         d = v - vals['base'][k]
                         rows.append(dict(culture=c, model=m, task=f'{["offensive", "hate", "spam"][k]}_detect', metric='macro_f1_vs_base', value=d,
-                                         ci_low=d - .05, ci_high=d + .05, n=40, status='ok'))
+                                         ci_low=d - .05, ci_high=d + .05, ci_unit='item', n=40, status='ok'))
             for m, v in ((c, .6), ('base', .5), ('uniform', .7), ('all-countries average', .8)):
-                rows.append(dict(culture=c, model=m, task='WVS: seed questions (trained)', metric='wvs_1-jsd', value=v, ci_low=v - .02, ci_high=v + .02, n=50, status='ok'))
-            rows.append(dict(culture=c, model=c, task='WVS: seed questions (trained)', metric='wvs_1-jsd_vs_base', value=.1, ci_low=.05, ci_high=.15, n=50, status='ok'))
+                rows.append(dict(culture=c, model=m, task='WVS: seed questions (trained)', metric='wvs_1-jsd', value=v, ci_low=v - .02, ci_high=v + .02, ci_unit='seed question', n=50, status='ok'))
+            rows.append(dict(culture=c, model=c, task='WVS: seed questions (trained)', metric='wvs_1-jsd_vs_base', value=.1, ci_low=.05, ci_high=.15, ci_unit='seed question', n=50, status='ok'))
             _csv(res / f'scores_{c}.csv', rows)
     if 'ablation' in parts:
         for c in ('arabic', 'german'):
-            _csv(res / f'ablation_{c}.csv', [dict(culture=c, setting=s, seed=sd, measure='macro_f1_mean', task='all', score=v, lo=v - .1, hi=v + .1, n=100, model='m')
+            _csv(res / f'ablation_{c}.csv', [dict(culture=c, setting=s, seed=sd, measure='macro_f1_mean', task='all', score=v, lo=v - .1, hi=v + .1, n=100, model='m', ci_unit='item')
                                              for s, sd, v in (('base', 0, .30), ('wvs', 0, .40), ('wvs', 1, .50), ('wvs', 2, .60), ('wvs_ab', 0, .45), ('wvs_ab_local', 0, .35))])
         _csv(res / 'ablation_summary_german.csv', [dict(culture='german', setting='wvs', measure='macro_f1_mean', mean=.5, sd=.1, n_seeds=3, lo=.4, hi=.6)])
     if 'winrate' in parts:
-        _csv(res / 'winrate_arabic.csv', [dict(culture='arabic', model='arabic', judge='j', n=20, win=12, tie=2, loss=6, win_lo=.4, win_hi=.8, loss_lo=.1, loss_hi=.5)])
+        _csv(res / 'winrate_arabic.csv', [dict(culture='arabic', model='arabic', judge='j', n=20, win=12, tie=2, loss=6, win_lo=.4, win_hi=.8, loss_lo=.1, loss_hi=.5, ci_unit='seed question')])
         _csv(res / 'winrate_pairs_arabic.csv', [dict(question='q', outcome='win')])   # the per-question verdicts: another kind of file
     if 'forgetting' in parts:
         _csv(res / 'forgetting_arabic.csv', [dict(culture='arabic', model=m, benchmark='mmlu', n=50, accuracy=a, lo=a - .1, hi=a + .1) for m, a in (('base', .3), ('arabic', .28))])
     if 'scaling' in parts:
-        _csv(res / 'scaling.csv', [dict(culture='arabic', size=s, seed=sd, measure='perplexity', value=v, lo=v - 1, hi=v + 1, n=30, model='m')
+        _csv(res / 'scaling.csv', [dict(culture='arabic', size=s, seed=sd, measure='perplexity', value=v, lo=v - 1, hi=v + 1, n=30, model='m', ci_unit='item')
                                    for s, sd, v in ((0, 0, 20.0), (50, 0, 16.0), (50, 1, 18.0), (200, 0, 12.0))])
     if 'translation' in parts:
-        _csv(res / 'gallery_translation.csv', [dict(language='zh', n=32, translated=30, kept_english=2, qe_method='roundtrip', qe_mean=.7, qe_lo=.65, qe_hi=.75, dropped=1)])
+        _csv(res / 'gallery_translation.csv', [dict(language='zh', n=32, translated=30, kept_english=2, qe_method='roundtrip', qe_mean=.7, qe_lo=.65, qe_hi=.75, ci_unit='instruction', dropped=1)])
     return folder
 
 
@@ -118,7 +119,7 @@ def test_report_tables_match_hand_values(tmp_path):
     assert perf[('arabic', 'arabic')][2:4] == ['3', '120'] and perf[('arabic', 'arabic')][4].startswith('0.500 [')
     assert perf[('german', 'base')][4] == '0.500 [0.500, 0.500]'
     assert [r[:3] for r in table_rows(md, '### arabic: per task')][0] == ['offensive_detect', '40', '0.450']
-    assert table_rows(md, '### arabic: per task')[0][4:] == ['0.200 [0.100, 0.300]', '0.300 [0.200, 0.400]']
+    assert table_rows(md, '### arabic: per task')[0][4:] == ['0.200 [0.100, 0.300]', '0.300 [0.200, 0.400]', 'item']
     vb = {(r[0], r[1]): r[2:] for r in table_rows(md, '## Differences from the base model')}
     assert vb[('german', 'german')] == ['3', '0.100', '2', '1', '0']
     ab = {(r[0], r[1]): r[3] for r in table_rows(md, '## Ablations')}
@@ -135,6 +136,71 @@ def test_report_tables_match_hand_values(tmp_path):
     assert set(rec['figures']) == want and set(rec['absent']) == set(PARTS) - want
     assert (tmp_path / 'figures' / 'analysis_local.png').exists() and not (tmp_path / 'figures' / 'analysis_local.pdf').exists()
 
+
+
+# --- the unit of every interval -----------------------------------------------------------------------------------
+
+def test_performance_interval_resamples_text_sources(tmp_path):
+    "Tasks on one set of texts are one unit of the mean over tasks: named `text source`, counted in `sources`; one source alone gives no interval."
+    from culturellm.stats import bootstrap_ci
+    S = load_run(make_run(tmp_path, parts=('scores',)))['tables']['scores']
+    P = performance_table(S, n_boot=300).set_index(['culture', 'model'])
+    assert P.loc[('arabic', 'base'), ['ci_unit', 'sources']].tolist() == ['task', 3]
+    sh = S.assign(text_source=S.task.replace({'hate_detect': 'offensive_detect'}))          # offensive and hate: the same texts
+    Q = performance_table(sh, n_boot=300).set_index(['culture', 'model'])
+    assert Q.loc[('arabic', 'base'), ['ci_unit', 'sources']].tolist() == ['text source', 2]
+    want = bootstrap_ci(np.array([.2, .4, .6]), n_boot=300, seed=0, clusters=['offensive_detect', 'offensive_detect', 'spam_detect'])
+    assert Q.loc[('arabic', 'base'), ['macro_f1', 'lo', 'hi']].tolist() == pytest.approx(list(want))
+    one = performance_table(S.assign(text_source='detoxis'), n_boot=300).set_index(['culture', 'model'])   # every task on one set of texts
+    assert np.isnan(one.loc[('arabic', 'base'), 'lo']) and one.loc[('arabic', 'base'), 'sources'] == 1
+    old = performance_table(S.drop(columns=['text_source']), n_boot=300).set_index(['culture', 'model'])   # an older run: tasks
+    assert old.loc[('arabic', 'base'), 'ci_unit'] == 'task' and old.loc[('arabic', 'base'), 'lo'] == pytest.approx(P.loc[('arabic', 'base'), 'lo'])
+
+
+def test_geomlama_reading_counts_real_mean_intervals(tmp_path):
+    "Through the gallery stage's own tables: the mean rows now have intervals, so the reading counts the settings reliably above random (it said 0 always)."
+    from culturellm.gallery import COUNTRIES, geomlama_scores
+    R = pd.DataFrame([dict(lang='en', setting=st, q=q, country=c, hits=int(st == 'country' or q % 2), k=1, n=4)
+                      for st in ('country', 'no_country') for q in range(8) for c in COUNTRIES])   # country: always right; no_country: half (random 1/4)
+    S = geomlama_scores(R, n_boot=300)
+    assert S[S.country == 'mean'][['ci_low', 'ci_high']].notna().all().all()
+    _csv(tmp_path / 'results' / 'gallery_geomlama_scores.csv', S.to_dict('records'))
+    build_report(tmp_path, formats=('png',), dpi=40, n_boot=100)
+    md = (tmp_path / 'report.md').read_text()
+    assert 'GeoMLaMA: 1 of 2 (language, setting) mean precisions are reliably above their random-ranking baseline (intervals resample: question)' in md
+    assert 'Intervals resample: question.' in md.split('## Global Gallery: GeoMLaMA')[1]
+
+
+def test_every_interval_in_the_report_names_its_unit(tmp_path):
+    "Each report section showing an interval says what it resampled (column or caption); files without `ci_unit` say 'unit not recorded'."
+    build_report(make_run(tmp_path / 'new'), formats=('png',), dpi=40, n_boot=100)
+    md = (tmp_path / 'new' / 'report.md').read_text()
+    sections = {h: b for h, b in (x.split('\n', 1) for x in md.split('\n## ')[1:])}
+    for h in ('Downstream tasks', 'Differences from the base model', 'WVS alignment', 'Ablations', 'Open-ended win rates', 'Forgetting',
+              'Data size', 'Global Gallery: translated Alpaca'):
+        assert 'Intervals resample:' in sections[h] or '| ci_unit |' in sections[h], h
+    assert 'Intervals resample: item.' in sections['Differences from the base model'] and '| seed question |' in sections['WVS alignment']
+    assert 'Intervals resample: instruction.' in sections['Global Gallery: translated Alpaca']
+    assert 'Intervals resample: unit not recorded.' in sections['Forgetting']            # the forgetting rows carry no ci_unit
+    run = make_run(tmp_path / 'old')
+    for f in (run / 'results').glob('*.csv'):
+        d = pd.read_csv(f); d.drop(columns=[c for c in ('ci_unit', 'text_source') if c in d]).to_csv(f, index=False)
+    build_report(run, formats=('png',), dpi=40, n_boot=100)
+    old = {h: b for h, b in (x.split('\n', 1) for x in (run / 'report.md').read_text().split('\n## ')[1:])}
+    assert 'Intervals resample: unit not recorded.' in old['Differences from the base model'] and '| unit not recorded |' in old['WVS alignment']
+    assert table_rows((run / 'report.md').read_text(), '## Downstream tasks')[0][5] == 'task'     # the analysis's own interval: over tasks
+
+
+def test_judge_intervals_resample_seed_questions(tmp_path):
+    "The paraphrase judge's ratings: a seed's paraphrases are drawn together (the same interval as one mean rating per seed)."
+    from culturellm.analysis import judge_ci, judge_unit
+    from culturellm.stats import bootstrap_ci
+    j = pd.DataFrame(dict(set='ours', seed=np.repeat([f's{i}' for i in range(6)], 3), rating=np.repeat([1, 2, 2, 3, 1, 3], 3)))
+    assert judge_unit(j) == 'seed question' and judge_unit(j.drop(columns='seed')) == 'rated pair'
+    assert judge_ci(j, 'rating', 400) == pytest.approx(bootstrap_ci(np.array([1, 2, 2, 3, 1, 3], float), n_boot=400, seed=0))
+    _csv(tmp_path / 'results' / 'augment_judge.csv', j.to_dict('records'))
+    build_report(tmp_path, formats=('png',), dpi=40, n_boot=100)
+    assert 'Augmentation judge (rating; intervals resample seed questions)' in (tmp_path / 'report.md').read_text()
 
 # --- partial and empty runs ---------------------------------------------------------------------------------------
 
