@@ -298,7 +298,6 @@ def test_real_cpu_results(real_run):
     assert {'performance', 'vs_base', 'wvs', 'values', 'agreement', 'augment'} <= set(rec['figures'])
     if (CPU_GALLERY / 'results' / 'gallery_geomlama_scores.csv').exists(): assert {'geomlama', 'camel'} <= set(rec['figures'])
     for link in re.findall(r'\]\((figures/[^)]+)\)', md): assert (real_run / link).exists(), link
-    assert rec['seconds'] < 120
 
 
 # --- the notebook under papermill ---------------------------------------------------------------------------------
