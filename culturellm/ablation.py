@@ -335,10 +335,9 @@ def forgetting_table(pool,              # a `ModelPool` (evaluate)
             replies = [r[0] for r in lm.generate([bench_prompt(it, kind) for it in items], max_tokens=max_tokens, temperature=0.0)]
             ok = np.array([bench_correct(r, it, kind) for r, it in zip(replies, items)], float)
             v, lo, hi = bootstrap_ci(ok, np.mean, n_boot, seed=seed)
-            rows.append(dict(culture=culture, model=spec.label, benchmark=b, n=len(ok), accuracy=v, lo=lo, hi=hi))
+            rows.append(dict(culture=culture, model=spec.label, benchmark=b, n=len(ok), accuracy=v, lo=lo, hi=hi, ci_unit='benchmark item'))
             items_out += [dict(model=spec.label, benchmark=b, target=it['target'], reply=r, correct=bool(c)) for it, r, c in zip(items, replies, ok)]
-    return pd.DataFrame(rows, columns=['culture', 'model', 'benchmark', 'n', 'accuracy', 'lo', 'hi']), pd.DataFrame(items_out)
-
+    return pd.DataFrame(rows, columns=['culture', 'model', 'benchmark', 'n', 'accuracy', 'lo', 'hi', 'ci_unit']), pd.DataFrame(items_out)
 
 # %% ../nbs/04_ablation.ipynb #8972c3f5
 def plot_ablation(res:pd.DataFrame,   # `ablation_<culture>.csv` rows

@@ -143,7 +143,7 @@ def test_stage_in_a_run_folder(tmp_path, data_root):
     summ = pd.read_csv(run / 'results' / 'ablation_summary_english.csv')
     assert list(summ.columns) == ['culture', 'setting', 'measure', 'mean', 'sd', 'n_seeds', 'lo', 'hi', 'ci_unit']
     fg = pd.read_csv(run / 'results' / 'forgetting_english.csv')
-    assert list(fg.columns) == ['culture', 'model', 'benchmark', 'n', 'accuracy', 'lo', 'hi'] and len(fg) == 4 and set(fg.n) == {2}
+    assert list(fg.columns) == ['culture', 'model', 'benchmark', 'n', 'accuracy', 'lo', 'hi', 'ci_unit'] and len(fg) == 4 and set(fg.n) == {2}
     wr = pd.read_csv(run / 'results' / 'winrate_english.csv')
     assert {'anchor: survey answer vs opposite end', 'anchor: identical answers'} <= set(wr.model)
     assert 'forgetting' not in first['not_run'] and first['not_run']['wvs_local'] == "English is the culture's own language"
