@@ -293,7 +293,7 @@ def read_wvs(path:str|Path,               # a WVS Wave 7 CSV: a per-country extr
     return out
 
 # %% ../nbs/00_seeds.ipynb #c038
-ORIGINAL_EXACT_MEAN = ('IRQ', 'JOR')  # the original's older script took the exact mean for these two (dossier §1.4)
+ORIGINAL_EXACT_MEAN = ('IRQ', 'JOR')  # the original's older script took the exact mean for these two
 
 @dataclass
 class CountryCounts:
@@ -549,8 +549,12 @@ def plot_answer_heatmap(culture:Culture, counts:dict, answers:dict, questions:li
     im = ax.imshow(M, aspect='auto', cmap='viridis', vmin=0, vmax=1)
     for i, q in enumerate(questions):
         a = answers.get(q.id)
+        asked = not np.isnan(M[i]).all()
         if a is None: ax.text(0, i, 'not asked', va='center', fontsize=7, color='0.4')
-        elif is_off_scale(a): ax.text(width - 0.5, i, f"answer {a}: off the scale", ha='right', va='center', fontsize=6, color='crimson')
+        elif is_off_scale(a) or not asked:   # compat: an answer off the scale, or one invented for an item never asked
+            ax.text(width - 0.5, i, f"{'' if asked else 'not asked; '}answer {a}" + (': off the scale' if is_off_scale(a) else ' invented'),
+                    ha='right', va='center', fontsize=6, color='crimson')
+            if not is_off_scale(a) and not isinstance(a, dict): ax.plot(q.scale.values.index(int(a)), i, '*', color='crimson', ms=7)
         elif not isinstance(a, dict): ax.plot(q.scale.values.index(int(a)), i, 'w*', ms=7)
     ax.set_yticks(range(len(questions)), [f"Q{q.id} {q.short[:40]}" for q in questions], fontsize=6)
     ax.set_xticks(range(width), [str(i + 1) for i in range(width)]); ax.set_xlabel('scale position (lowest code first)')

@@ -1,9 +1,10 @@
 """The `culturellm` command end to end: papermill parameter injection, the run folder, reuse on rerun,
 failure of one culture, stages not built yet, and the `answers`/`cultures`/`config` subcommands."""
-import json, os, shutil, subprocess, sys, time
+import json, os, random, shutil, subprocess, sys, time
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill as pm
 import pytest
 
@@ -131,6 +132,71 @@ def test_rerun_reuses_and_config_change_reruns(smoke_run):
     assert r.returncode == 0, r.stdout + r.stderr
     assert nb.stat().st_mtime_ns != before
     assert json.loads((out / 'data/answers/arabic.json').read_text())['rule'] == 'mean'
+
+
+def _stand_in_augment(out, questions):
+    "The augment stage's two files for a few seed questions (a rewrite and a variant of each), so that finetune runs without augmenting."
+    d = out / 'data'; d.mkdir(parents=True, exist_ok=True)
+    rec = lambda q, step, text, parent: dict(q_id=q.id, topic=q.topic, option=q.option, step=step, text=text, parent=parent, status='kept')
+    (d / 'augment_step1.jsonl').write_text(''.join(json.dumps(rec(q, 1, f'In your view: {q.text}', q.text)) + '\n' for q in questions))
+    (d / 'augmented.jsonl').write_text(''.join(json.dumps(rec(q, 2, f'In your own view: {q.text}', f'In your view: {q.text}')) + '\n'
+                                               for q in questions))
+
+
+def test_compat_answers_through_seeds_and_finetune(tmp_path):
+    """`seeds.answer_rule=compat` runs through the stages that use the answers: China's Q125 answer (the original's 3 on
+    a 0..2 scale) is kept as the text '3', trains as the reply "3", and scores as a disagreement marked `off_scale`."""
+    qs = {q.id: q for q in load_questions()}
+    out = tmp_path / 'run'
+    _stand_in_augment(out, [qs[i] for i in (125, 27, 122)])
+    r = cli('run', '--profile', 'smoke', '--out', str(out), '--stages', 'seeds,finetune', '--cultures', 'chinese',
+            '--set', 'seeds.answer_rule=compat', '--set', 'finetune.one=false')
+    assert r.returncode == 0, r.stdout + r.stderr
+    ans = json.loads((out / 'data/answers/chinese.json').read_text())['answers']
+    assert ans['125'] == '3' and ans['132'] == 3 and ans['27'] == 2
+    for f in ('seeds/chinese.jsonl', 'sft/wvs_ab/chinese.jsonl'):
+        recs = [json.loads(l) for l in (out / 'data' / f).read_text().splitlines()]
+        q125 = [x['messages'][2]['content'] for x in recs if qs[125].short in x['messages'][1]['content']]
+        assert q125 and set(q125) == {'3'}, (f, q125)
+    ag = pd.read_csv(out / 'results' / 'finetune_agreement_chinese.csv')
+    off = ag[ag.q_id == 125]
+    assert len(off) and off.off_scale.all() and (off.agree == 0).all() and (off.p_gold == 0).all(), off
+    assert not ag[ag.q_id != 125].off_scale.any()
+
+
+def _own_culture(d):
+    """A user's cultures file adding one culture of one country: Greece (not among the shipped eleven) with its own
+    WVS file (40 made-up respondents in Wave 7's format, weighted, some answers missing) and its own test set."""
+    qs = load_questions(); rng = random.Random(0)
+    rows = ['B_COUNTRY,B_COUNTRY_ALPHA,W_WEIGHT,' + ','.join(q.item for q in qs)]
+    rows += [f"300,GRC,{1 + i % 3 / 2}," + ','.join(str(rng.choice(list(q.scale.codes) + [-1])) for q in qs) for i in range(40)]
+    (d / 'greece.csv').write_text('\n'.join(rows) + '\n')
+    texts = ['You are a wonderful neighbour.', 'Get lost, idiot.', 'The bakery opens at seven.', 'Nobody wants you here, fool.'] * 3
+    (d / 'offensive_gr.jsonl').write_text(''.join(json.dumps(dict(text=t, label='OFF' if k % 2 else 'NOT')) + '\n' for k, t in enumerate(texts)))
+    f = d / 'cultures.yaml'
+    f.write_text("greek:\n  countries: [GRC]\n  language: Greek\n  language_code: el\n  wvs_file: greece.csv\n"
+                 "  test_sets:\n    offensive_detect_gr: offensive_gr.jsonl\n")
+    return f
+
+
+def test_own_culture_runs_alone(tmp_path):
+    """A culture a user adds — one country, its own WVS file and test set — run alone at smoke through seeds, augment,
+    finetune and evaluate: every stage succeeds, its country is on the map, and evaluate scores its test set."""
+    f = _own_culture(tmp_path)
+    out = tmp_path / 'run'
+    r = cli('run', '--profile', 'smoke', '--out', str(out), '--stages', 'seeds,augment,finetune,evaluate', '--cultures', 'greek',
+            '--set', f'cultures_file={f}')
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = json.loads((out / 'manifest.json').read_text())
+    assert {k: v['status'] for k, v in m['stages'].items()} == {k: 'ok' for k in ('seeds/greek', 'augment/all', 'finetune/greek', 'finetune/one', 'evaluate/greek')}
+    a = json.loads((out / 'data/answers/greek.json').read_text())
+    assert a['countries'] == ['GRC'] and a['respondents'] == {'GRC': 40} and a['data'] == [str((tmp_path / 'greece.csv').resolve())]
+    assert (out / 'figures' / 'seeds_country_map.png').stat().st_size > 10_000
+    s = pd.read_csv(out / 'results' / 'scores_greek.csv')
+    f1 = s[(s.task == 'offensive_detect_gr') & (s.metric == 'macro_f1')]
+    assert set(f1.model) == {'base', 'greek', 'One'} and (f1.status == 'ok').all() and (f1.n == 6).all(), f1
+    t = json.loads((out / 'records/evaluate/greek.json').read_text())['tasks']
+    assert [(x['task'], x['status'], x['rows']) for x in t] == [('offensive_detect_gr', 'ok', 12)], t
 
 
 def test_one_culture_fails_others_go_on(tmp_path):

@@ -18,20 +18,20 @@ from culturellm.seeds import (CULTURES, Culture, WVSDataError, answer_label, bui
 PKG_DATA = Path(culturellm.__file__).resolve().parent / 'data'
 
 # ------------------------------------------------------------------ independent facts about the data
-# The WVS extracts of the release, by country (dossier §1.4), with their respondent counts.
+# The WVS extracts of the release, by country, with their respondent counts.
 EXTRACTS = {'IRQ': 'Arabic/Iraq.csv', 'JOR': 'Arabic/Jordan.csv', 'BGD': 'Bengali/Bangladesh.csv',
             'CHN': 'China/China.csv', 'USA': 'English/United States.csv', 'DEU': 'Germany/Germany.csv',
             'KOR': 'Korean/South Korea.csv', 'BRA': 'Portuguese/Brazil.csv', 'ARG': 'Spanish/Argentina.csv',
             'MEX': 'Spanish/Mexico.csv', 'TUR': 'Turkey/Turkey.csv'}
 RESPONDENTS = {'IRQ': 1200, 'JOR': 1203, 'BGD': 1200, 'CHN': 3036, 'USA': 2596, 'DEU': 1528,
                'KOR': 1245, 'BRA': 1762, 'ARG': 1003, 'MEX': 1741, 'TUR': 2415}
-# The 50 item columns (dossier §2.4) and the answer codes of the items the tests use.
+# The 50 item columns and the answer codes of the items the tests use.
 ITEMS = ([f'Q{i}' for i in range(27, 42)] + [f'Q{i}' for i in range(122, 130)] + [f'Q{i}' for i in range(132, 139)]
          + [f'Q{i}' for i in range(158, 163)] + ['Q169', 'Q170', 'Q196', 'Q197', 'Q198'] + [f'Q{i}' for i in range(224, 234)])
 SCALES = {27: [1, 2, 3, 4], 36: [1, 2, 3, 4, 5], 122: [0, 1, 2], 158: list(range(1, 11)), 196: [1, 2, 3, 4],
           226: [1, 2, 3, 4]}
 CHINA_NOT_ASKED = [125, *range(132, 139), *range(224, 234)]
-# The main fine-tuning file of each culture (dossier §2.6).
+# The main fine-tuning file of each culture.
 FINETUNE = {'arabic': 'Arabic/Finetune/WVQ_arabic_Iraq_Jordan.jsonl', 'bengali': 'Bengali/Finetune/WVQ_Bengali.jsonl',
             'chinese': 'China/Finetune/WVQ_China.jsonl', 'english': 'English/Finetune/WVQ_English.jsonl',
             'german': 'Germany/Finetune/WVQ_Germany.jsonl', 'korean': 'Korean/Finetune/WVQ_Korean.jsonl',
@@ -255,7 +255,7 @@ def test_embedded_questions_are_wvq(rebuilt, data_root):
     assert [f"Q{r['q_id']}" for r in recs] == ITEMS
 
 def test_embedded_respondents(rebuilt, data_root):
-    "Respondents per country equal the csv module's count of country rows (and the dossier's table)."
+    "Respondents per country equal the csv module's count of country rows."
     got = json.loads((rebuilt / 'wvs_counts.json').read_text())['countries']
     assert sorted(got) == sorted(EXTRACTS)
     for c, rel in EXTRACTS.items():
