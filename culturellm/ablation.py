@@ -365,7 +365,7 @@ def plot_ablation(res:pd.DataFrame,   # `ablation_<culture>.csv` rows
             v = per[per.setting == st].score
             ax.scatter(np.full(len(v), k), v, s=10, c='k', zorder=3)
         n = res[res.measure == m].groupby('setting').n.max()
-        ax.set_xticks(x, [f"{k}\nn={int(n.get(k, 0))}" for k in s.index], fontsize=7, rotation=0)
+        ax.set_xticks(x, [f"{k}\nn={int(n.get(k, 0))}" for k in s.index], fontsize=7, rotation=40, ha='right', rotation_mode='anchor')
         ax.set_title(names[m], fontsize=9); ax.set_ylim(0, 1)
     axes[0][0].set_ylabel('score: mean over seeds ± sd (thin line: mean\nper-seed 95% interval); one seed: 95% interval', fontsize=7)
     fig.suptitle(title, fontsize=9); fig.tight_layout()
