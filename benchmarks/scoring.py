@@ -45,7 +45,9 @@ TASKS = [('arabic', 'offensive_detect'), ('arabic', 'spam_detect'), ('bengali', 
          ('turkish', 'offensive_detect'), ('turkish', 'spam_detect')]
 MAX_CHARS = 600  # long comments (e.g. Toxic Comment threads) are cut to keep prompts tweet-sized
 
-def data_root() -> Path: return Path(os.environ.get('CULTURELLM_DATA') or '/work/shared/data')
+def data_root() -> Path:
+    "The study data: $CULTURELLM_DATA, else ../shared/data beside the checkout (the package's and the tests' rule)."
+    return Path(os.environ.get('CULTURELLM_DATA') or Path(__file__).resolve().parents[2] / 'shared' / 'data')
 
 def _family(t:dict) -> tuple:
     "(condition, yes, no) of a binary task's prompt."
@@ -64,8 +66,9 @@ def binary_messages(t:dict, text:str) -> tuple:
 def binary_items(n:int, seed:int=0) -> list:
     "`n` (chat messages, options, meta) triples from the binary CultureLLM test sets, drawn round-robin over `TASKS`."
     root = data_root()
-    spec = {(t['culture'], t['task']): t for t in json.loads(Path(os.environ.get('CULTURELLM_TASKS') or
-            '/work/shared/docs/culturellm-tasks.json').read_text())}
+    from importlib import resources
+    shipped = json.loads((resources.files('culturellm') / 'data' / 'tasks.json').read_text())['tasks']   # the package's registry
+    spec = {(t['culture'], t['task']): dict(t, prompt_family=t['family']) for t in shipped}
     rng, pools = random.Random(seed), []
     for key in TASKS:
         t = spec.get(key)
