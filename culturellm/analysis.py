@@ -605,7 +605,7 @@ def md_table(df:pd.DataFrame,   # a table
     df = df.copy()
     for c in df.columns:   # a float column of whole numbers (counts, n) is printed as integers
         if pd.api.types.is_float_dtype(df[c]) and df[c].notna().any() and (df[c].dropna() % 1 == 0).all():
-            df[c] = [None if pd.isna(v) else int(v) for v in df[c]]
+            df[c] = pd.Series([None if pd.isna(v) else int(v) for v in df[c]], index=df.index, dtype=object)   # object: a gap stays a gap, not 1536.0
     cells = [[fmt(v, digits).replace('|', '\\|').replace('\n', ' ') for v in r] for r in df.itertuples(index=False)]
     head = [str(c) for c in df.columns]
     return '\n'.join(['| ' + ' | '.join(head) + ' |', '|' + '|'.join('---' for _ in head) + '|'] + ['| ' + ' | '.join(r) + ' |' for r in cells]) + '\n'
@@ -726,10 +726,12 @@ def _config_rows(cfg:dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 def _stage_rows(m:dict) -> pd.DataFrame:
-    "One row per stage task of the manifest: status, seconds, whether it was reused, its error."
+    "One row per stage task of the manifest: status, seconds, peak memory (MB, the task's kernel and papermill), whether it was reused, its error."
     rows = [dict(stage=r.get('stage', k.split('/')[0]), culture=r.get('culture', ''), status=r.get('status'), seconds=r.get('seconds'),
-                 reused=bool(r.get('reused')), error=(r.get('error') or '')[:120]) for k, r in m.get('stages', {}).items()]
-    return pd.DataFrame(rows, columns=['stage', 'culture', 'status', 'seconds', 'reused', 'error'])
+                 peak_rss_mb=r.get('peak_rss_mb'), reused=bool(r.get('reused')), error=(r.get('error') or '')[:120])
+            for k, r in m.get('stages', {}).items()]
+    df = pd.DataFrame(rows, columns=['stage', 'culture', 'status', 'seconds', 'peak_rss_mb', 'reused', 'error'])
+    return df.astype({'seconds': float, 'peak_rss_mb': float})   # a task without a record: NaN, shown as –
 
 def _figs(F:dict, part:str) -> str:
     "Markdown showing a part's figures: the PNG inline, links to the other formats."
@@ -839,8 +841,9 @@ def report_markdown(R:dict,    # `load_run`
           + ', '.join(f"{k} {v}" for k, v in (man.get('packages') or {}).items()) + '.\n']
     st = _stage_rows(man)
     if len(st):
-        L += ["### Stages and wall times\n", md_table(st, 1), f"Sum of stage seconds: {st.seconds.fillna(0).sum():.0f}" +
-              (f"; last run wall time {man['wall_seconds']:.0f} s" if man.get('wall_seconds') else '') + '.\n']
+        L += ["### Stages, wall times and peak memory\n", md_table(st, 1), f"Sum of stage seconds: {st.seconds.fillna(0).sum():.0f}" +
+              (f"; last run wall time {man['wall_seconds']:.0f} s" if man.get('wall_seconds') else '') +
+              (f"; peak memory of its largest task {man['peak_rss_mb']:.0f} MB (`peak_rss_mb`: the task's kernel and papermill)" if man.get('peak_rss_mb') else '') + '.\n']
     return '\n'.join(L).replace('\n\n\n', '\n\n')
 
 def build_report(run_dir:str|Path,          # a run folder (complete or partial)

@@ -121,7 +121,7 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
                  on_progress=None,   # called with the notebook's latest progress-bar line while it runs
                  threads:int|None=None, # CPU threads of the kernel's math libraries (OMP/MKL/torch); None: theirs
                 ) -> dict:
-    "Execute `task`'s notebook with papermill in a subprocess; {'status', 'seconds', 'error'}."
+    "Execute `task`'s notebook with papermill in a subprocess; {'status', 'seconds', 'peak_rss_mb', 'error'} (the peak: the largest resident set of papermill and its kernel)."
     dst = task.out_nb(out); dst.parent.mkdir(parents=True, exist_ok=True)
     (out / 'usage' / task.stage.name / f'{task.culture}.json').unlink(missing_ok=True)   # the stage writes a fresh one
     (out / 'records' / task.stage.name / f'{task.culture}.json').unlink(missing_ok=True)  # likewise its summary record
@@ -138,17 +138,19 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
     if threads and 'OMP_NUM_THREADS' not in os.environ: env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(threads)
     with open(log, 'w') as lf:
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
-        while True:
-            try: rc = proc.wait(timeout=1.0); break
-            except subprocess.TimeoutExpired:
-                if on_progress and (line := last_progress(err_log)): on_progress(line)
+        while True:                          # wait4: the exit status and the peak memory of the process and its reaped children
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid: rc = proc.returncode = os.waitstatus_to_exitcode(status); break
+            time.sleep(0.5)
+            if on_progress and (line := last_progress(err_log)): on_progress(line)
     secs = round(time.time() - t, 2)
-    if rc == 0: return {'status': 'ok', 'seconds': secs, 'error': None}
+    peak = round(ru.ru_maxrss / (1024 * 1024 if sys.platform == 'darwin' else 1024), 1)   # MB: Linux counts KiB, macOS bytes
+    if rc == 0: return {'status': 'ok', 'seconds': secs, 'peak_rss_mb': peak, 'error': None}
     err = notebook_error(dst) if dst.exists() else None
     if err is None:
         tail = [l for l in log.read_text(errors='replace').splitlines() if l.strip()][-1:] or [f'papermill exited with {rc}']
         err = tail[0].strip()
-    return {'status': 'failed', 'seconds': secs, 'error': err}
+    return {'status': 'failed', 'seconds': secs, 'peak_rss_mb': peak, 'error': err}
 
 # %% ../nbs/09_run.ipynb #c018a
 _PROGRESS = re.compile(r'\d+%\|.*\||\|\s*\d+/\d+\s*\[')
@@ -235,7 +237,7 @@ def run_study(cfg:Config,                    # the resolved configuration
                 if failed_up:
                     rec.update(status='blocked', error=f"upstream {failed_up[0]['stage']}/{failed_up[0]['culture']} {failed_up[0]['status']}")
                 elif not force and prev and prev.get('status') == 'ok' and prev.get('input_hash') == rec['input_hash'] and t.out_nb(out).exists():
-                    rec.update(status='ok', reused=True, seconds=prev.get('seconds'), finished=prev.get('finished'), usage=prev.get('usage'))
+                    rec.update(status='ok', reused=True, seconds=prev.get('seconds'), peak_rss_mb=prev.get('peak_rss_mb'), finished=prev.get('finished'), usage=prev.get('usage'))
                     rec.update({k: prev[k] for k in ('openai_ft', 'record') if k in prev})
                 else: todo.append((t, rec)); continue
             manifest['stages'][t.key] = rec; manifest['last_run'].append(t.key)
@@ -252,7 +254,7 @@ def run_study(cfg:Config,                    # the resolved configuration
             for f in as_completed(futs):
                 t, rec = futs[f]
                 try: res = f.result()
-                except Exception as e: res = {'status': 'failed', 'seconds': None, 'error': f"{type(e).__name__}: {e}"}
+                except Exception as e: res = {'status': 'failed', 'seconds': None, 'peak_rss_mb': None, 'error': f"{type(e).__name__}: {e}"}
                 uf = out / 'usage' / s.name / f'{t.culture}.json'   # model calls the stage recorded (llm.record_usage)
                 if uf.exists(): res['usage'] = json.loads(uf.read_text())
                 of = out / 'finetune' / 'openai' / f'{t.culture}.json'   # the OpenAI fine-tuning job it recorded (openai_ft.record_finetune)
@@ -267,6 +269,8 @@ def run_study(cfg:Config,                    # the resolved configuration
         manifest['updated'] = _now(); atomic_write_json(mpath, manifest)
     if bar: bar.close()
     manifest['wall_seconds'] = round(time.time() - t0, 2)
+    peaks = [manifest['stages'][k].get('peak_rss_mb') for k in manifest['last_run']]
+    manifest['peak_rss_mb'] = max([x for x in peaks if isinstance(x, (int, float))], default=None)   # the largest task's
     atomic_write_json(mpath, manifest)
     return manifest
 
@@ -277,12 +281,13 @@ def summarise(m:dict) -> tuple:
     for k in m['last_run']:
         r = m['stages'][k]
         if r['status'] == 'missing':   # one line per stage that is not built yet
-            if r['stage'] not in seen: lines.append(f"{'missing':8s} {r['stage']:9s} {'':11s} {'':>8s}  {r['error']}")
+            if r['stage'] not in seen: lines.append(f"{'missing':8s} {r['stage']:9s} {'':11s} {'':>8s} {'':>7s}  {r['error']}")
             seen.add(r['stage']); continue
         st = 'reused' if r.get('reused') else r['status']
         bad |= r['status'] in ('failed', 'blocked')
         secs = f"{r['seconds']:.1f}s" if isinstance(r.get('seconds'), (int, float)) else ''
-        lines.append(f"{st:8s} {r['stage']:9s} {r['culture']:11s} {secs:>8s}  {r['notebook'] if r['status'] in ('ok', 'failed') else ''}"
+        mem = f"{r['peak_rss_mb'] / 1024:.1f} GB" if isinstance(r.get('peak_rss_mb'), (int, float)) else ''
+        lines.append(f"{st:8s} {r['stage']:9s} {r['culture']:11s} {secs:>8s} {mem:>7s}  {r['notebook'] if r['status'] in ('ok', 'failed') else ''}"
                      + (f"  {r['error']}" if r.get('error') and r['status'] != 'ok' else ''))
     return lines, int(bad)
 
@@ -350,7 +355,8 @@ def _cmd_run(args):
     print(f"culturellm run: profile {cfg.profile}, cultures {', '.join(cfg.cultures)}, into {out}", file=sys.stderr)
     m = run_study(cfg, out, args.stages, args.jobs, args.nbs, args.force, True, args.timeout)
     lines, rc = summarise(m)
-    print(f"\n{out}/manifest.json — {len(m['last_run'])} tasks in {m['wall_seconds']:.1f}s")
+    peak = f", peak memory {m['peak_rss_mb'] / 1024:.1f} GB (its largest task)" if m.get('peak_rss_mb') else ''
+    print(f"\n{out}/manifest.json — {len(m['last_run'])} tasks in {m['wall_seconds']:.1f}s{peak}")
     for l in lines: print('  ' + l)
     if (out / 'report.md').exists() and any(k.startswith('analysis/') for k in m['last_run']):
         print(f"\nreport: {(out / 'report.md').resolve()}  (figures in {(out / 'figures').resolve()})")

@@ -29,8 +29,8 @@ def make_run(folder: Path, parts=('scores', 'ablation', 'winrate', 'forgetting',
     (folder / 'config.json').write_text(json.dumps(dict(profile='cpu', cultures=['arabic', 'german'], seed=0,
                                                         finetune=dict(model='smollm2-135m-instruct'), evaluate=dict(max_items=40))))
     (folder / 'manifest.json').write_text(json.dumps(dict(git=dict(revision='feedbeef', dirty=True), python='3.11.7',
-                                                          packages=dict(pandas='3.1.1'), wall_seconds=99.0,
-                                                          stages={'evaluate/arabic': dict(stage='evaluate', culture='arabic', status='ok', seconds=30.0),
+                                                          packages=dict(pandas='3.1.1'), wall_seconds=99.0, peak_rss_mb=1536.0,
+                                                          stages={'evaluate/arabic': dict(stage='evaluate', culture='arabic', status='ok', seconds=30.0, peak_rss_mb=1536.0),
                                                                   'evaluate/german': dict(stage='evaluate', culture='german', status='ok', seconds=20.0, reused=True)})))
     if 'scores' in parts:
         for c, vals in (('arabic', dict(base=[.2, .4, .6], arabic=[.3, .5, .7])), ('german', dict(base=[.5, .5, .5], german=[.4, .6, .8]))):
@@ -129,8 +129,9 @@ def test_report_tables_match_hand_values(tmp_path):
     assert 'Against the base model, 0 of 6 per-task differences have a 95% interval that includes zero; 5 are reliably better and 1 reliably worse' in md
     assert 'WVS alignment: 0 of 4 (culture, split, model) scores are reliably above the uniform-answer baseline' in md
     assert 'Data size, arabic perplexity: 20.000 at 0 samples → 12.000 at 200 (intervals do not overlap).' in md
-    assert 'Git revision `feedbeef` (with uncommitted changes)' in md and '| evaluate | german | ok | 20 | True |' in md
-    assert 'Sum of stage seconds: 50; last run wall time 99 s.' in md
+    assert 'Git revision `feedbeef` (with uncommitted changes)' in md and '| evaluate | german | ok | 20 | – | True |' in md
+    assert '| evaluate | arabic | ok | 30 | 1536 | False |' in md and 'peak memory of its largest task 1536 MB' in md
+    assert 'Sum of stage seconds: 50; last run wall time 99 s; peak memory of its largest task 1536 MB' in md
     for link in re.findall(r'\]\((figures/[^)]+)\)', md): assert (tmp_path / link).exists(), link
     want = {'performance', 'vs_base', 'wvs', 'ablation', 'local', 'winrate', 'forgetting', 'scaling', 'translation'}
     assert set(rec['figures']) == want and set(rec['absent']) == set(PARTS) - want

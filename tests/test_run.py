@@ -50,7 +50,7 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_run_folder(smoke_run):
     """The smoke run of every stage of both studies succeeds and leaves executed notebooks, config.json and manifest.json
-    (its time is recorded in the manifest, never asserted: a test must not depend on the machine's speed)."""
+    with every task's time and peak memory (recorded, never compared with a limit: a test must not depend on the machine)."""
     out, r, secs = smoke_run
     assert r.returncode == 0, r.stdout + r.stderr
     cfg = json.loads((out / 'config.json').read_text())
@@ -58,6 +58,10 @@ def test_smoke_run_folder(smoke_run):
     m = json.loads((out / 'manifest.json').read_text())
     assert {'packages', 'git', 'seed', 'python', 'stages', 'wall_seconds'} <= set(m)
     assert m['packages']['papermill'] and m['seed'] == 0
+    peaks = {k: v.get('peak_rss_mb') for k, v in m['stages'].items()}   # each task's peak memory: its kernel imports torch, > 100 MB
+    assert all(isinstance(x, (int, float)) and x > 100 for x in peaks.values()), peaks
+    assert m['peak_rss_mb'] == max(peaks.values()) and 'peak memory' in r.stdout
+    assert 'peak_rss_mb' in (out / 'report.md').read_text()
     for c in ('arabic', 'english'):
         st = m['stages'][f'seeds/{c}']
         assert st['status'] == 'ok' and st['seconds'] > 0 and len(st['input_hash']) == 64
