@@ -1,5 +1,7 @@
 """Benchmark: culturellm's LoRA training step (packed batches, shared prefixes, LM head on answer tokens) against TRL's
-default `SFTTrainer` setup (each batch padded to its longest sample, loss on every token of a chat dataset).
+`SFTTrainer` on the same prompt-completion records with completion-only loss, everything else at TRL's defaults (each
+batch padded to its longest sample; TRL's entropy and token accuracy over the vocabulary at every step). The older
+comparison — TRL's default setup on chat messages, with loss on every token — is kept as a second, labelled line.
 
 Both train the same model (SmolLM2-135M-Instruct), the same LoRA configuration (the `cpu` profile's: r 16 on every
 linear layer), on the same samples in the same order, for the same number of optimizer steps, in one process, at the
@@ -9,11 +11,12 @@ baseline by about a third for a reason that is not the method). The samples are 
 else the original release's `new_WVQ_500.jsonl` under $CULTURELLM_DATA, else the seeds alone.
 
 Throughput is the samples' own tokens (no padding counted) per second of training, median over repeats. Also printed:
-both final losses (each over what its setup trains on: all tokens for the baseline, answer tokens for ours), the
-tokens each setup actually ran through the model, and our FLOP rate as a fraction of the machine's measured matmul
-peak at the training precision. The last line is
+the final losses (each over what its setup trains on: answer tokens for ours and the fair baseline, all tokens for the
+chat one), the tokens each setup actually ran through the model, and our FLOP rate as a fraction of the machine's
+measured matmul peak at the training precision. Everything is also written to benchmarks/results/finetune.json
+(machine, cores, CPU flags, versions, every run and median). The last line is
 
-    finetune: ours=<tok/s> baseline=<tok/s> ratio=<x> peak_fraction=<f>
+    finetune: ours=<tok/s> baseline=<tok/s> ratio=<x> peak_fraction=<f> baseline_setup=trl_completion_only
 
 Usage: python benchmarks/finetune.py [--quick] [--steps N] [--batch B] [--repeats R] [--run DIR] [--culture C] [--threads N]
 """
@@ -58,8 +61,12 @@ class Timer:
         return _T()
 
 
+SETUPS = {'ours': 'packed prompt-completion, loss on answer tokens (culturellm)',
+          'baseline': "TRL SFTTrainer, the same prompt-completion records, completion-only loss, TRL's defaults (trl_completion_only)",
+          'chat': "TRL SFTTrainer's default setup on chat messages, loss on every token (the older comparison)"}
+
 def train_once(kind:str, recs:list, F, steps:int, seed:int=0) -> dict:
-    "Train `steps` steps with our setup (kind 'ours') or TRL's default (kind 'baseline'); tokens/s over steps 2..N."
+    "Train `steps` steps with one of `SETUPS` (ours, baseline, chat); tokens/s over steps 2..N."
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -67,11 +74,10 @@ def train_once(kind:str, recs:list, F, steps:int, seed:int=0) -> dict:
     from culturellm.finetune import PackedCollator, _sft_args, _trainer_class, load_base, train_device
     dev = train_device(F.precision, F.quantize)
     model, tok, _ = load_base(F.model, dev)
-    if kind == 'ours':
-        ds = Dataset.from_list([{'prompt': r['messages'][:2], 'completion': r['messages'][2:]} for r in recs])
-        cls, kw = _trainer_class(), dict(data_collator=PackedCollator(tok.pad_token_id, F.row_tokens))
-    else:
-        ds, cls, kw = Dataset.from_list([{'messages': r['messages']} for r in recs]), SFTTrainer, {}
+    pc = Dataset.from_list([{'prompt': r['messages'][:2], 'completion': r['messages'][2:]} for r in recs])
+    if kind == 'ours': ds, cls, kw = pc, _trainer_class(), dict(data_collator=PackedCollator(tok.pad_token_id, F.row_tokens))
+    elif kind == 'baseline': ds, cls, kw = pc, SFTTrainer, {}                                  # TRL: completion-only loss on prompt-completion data
+    else: ds, cls, kw = Dataset.from_list([{'messages': r['messages']} for r in recs]), SFTTrainer, {}
     lora = LoraConfig(r=F.r, lora_alpha=F.alpha, lora_dropout=F.dropout, target_modules=list(F.target_modules), task_type='CAUSAL_LM')
     timer = Timer()
     with tempfile.TemporaryDirectory() as d:
@@ -93,6 +99,21 @@ def train_once(kind:str, recs:list, F, steps:int, seed:int=0) -> dict:
     return dict(kind=kind, seconds=secs, tokens=sum(real[1:]), tok_s=sum(real[1:]) / secs, final_loss=losses[-1],
                 fed=sum(fed[1:]), targets=sum(targets[1:]), attn=sum(T2[1:]), others=others_share(b0, b1), dtype=dev['dtype'],
                 model=model)
+
+
+def write_results(name:str, res:dict) -> Path:
+    "benchmarks/results/<name>.json: `res` with the machine (processor, cores, CPU flags) and the package versions."
+    import json, platform
+    from culturellm.run import package_versions
+    flags = ''
+    try: flags = next(l.split(':', 1)[1].split() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('flags'))
+    except (OSError, StopIteration): pass
+    machine = dict(processor=platform.processor() or platform.machine(), cores=os.cpu_count(), python=platform.python_version(),
+                   cpu_flags=[f for f in flags if f.startswith(('avx', 'amx', 'fma', 'sse4'))])
+    p = Path(__file__).resolve().parent / 'results' / f'{name}.json'
+    p.parent.mkdir(exist_ok=True)
+    p.write_text(json.dumps(dict(res, machine=machine, versions=package_versions(), when=time.strftime('%Y-%m-%d')), indent=1, default=str) + '\n')
+    return p
 
 
 def flops(model, r:dict) -> float:
@@ -123,9 +144,9 @@ def main(argv=None):
     recs, src = training_samples(a.culture, a.run, steps * a.batch, a.seed)
     print(f'samples: {len(recs)} from {src}; {steps} steps of {a.batch}; LoRA r={F.r} on {len(F.target_modules)} module kinds; '
           f'threads {torch.get_num_threads()}')
-    runs = {'ours': [], 'baseline': []}
+    runs = {'ours': [], 'baseline': [], 'chat': []}
     for k in range(reps):
-        for kind in (('ours', 'baseline') if k % 2 == 0 else ('baseline', 'ours')):
+        for kind in (('ours', 'baseline', 'chat') if k % 2 == 0 else ('chat', 'baseline', 'ours')):
             r = train_once(kind, recs, F, steps, a.seed); runs[kind].append(r)
             print(f"  {kind:8s} run {k + 1}: {r['tok_s']:8.1f} tok/s  {r['seconds']:6.1f}s  fed {r['fed']:6d} tokens  "
                   f"loss {r['final_loss']:.3f}  other processes {r['others']:.0%} of the CPU")
@@ -134,12 +155,19 @@ def main(argv=None):
     peak = matmul_peak(('bf16' if o['dtype'] == 'bfloat16' else 'fp32',))
     pk = list(peak.values())[0] * 1e9
     ours_rate = statistics.median(flops(x['model'], x) / x['seconds'] for x in runs['ours'])
+    c = runs['chat'][-1]
     print(f"tokens run through the model per step: ours {o['fed'] / (steps - 1):.0f}, baseline {b['fed'] / (steps - 1):.0f} "
           f"({1 - o['fed'] / b['fed']:.0%} fewer); positions scored by the LM head: ours {o['targets'] / (steps - 1):.0f}, baseline {b['targets'] / (steps - 1):.0f}")
-    print(f"final loss: ours {o['final_loss']:.4f} (answer tokens), baseline {b['final_loss']:.4f} (all tokens)")
+    print(f"final loss: ours {o['final_loss']:.4f} and baseline {b['final_loss']:.4f} (answer tokens), chat {c['final_loss']:.4f} (all tokens)")
     print(f"our FLOP rate {ours_rate / 1e9:.1f} GFLOP/s; measured {list(peak)[0]} matmul peak {pk / 1e9:.1f} GFLOP/s")
+    write_results('finetune', dict(steps=steps, batch=a.batch, repeats=reps, samples=src, setups=SETUPS, peak_gflops=pk / 1e9,
+                                   our_gflops=ours_rate / 1e9, medians=med,
+                                   runs={k: [{f: x[f] for f in ('tok_s', 'seconds', 'tokens', 'fed', 'targets', 'final_loss', 'others')} for x in v]
+                                         for k, v in runs.items()}))
+    print(f"finetune (older comparison): ours={med['ours']:.1f} baseline={med['chat']:.1f} ratio={med['ours'] / med['chat']:.2f} "
+          f"baseline_setup=trl_default_chat_all_tokens")
     print(f"finetune: ours={med['ours']:.1f} baseline={med['baseline']:.1f} ratio={med['ours'] / med['baseline']:.2f} "
-          f"peak_fraction={ours_rate / pk:.3f}")
+          f"peak_fraction={ours_rate / pk:.3f} baseline_setup=trl_completion_only")
 
 
 if __name__ == '__main__': main()
