@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
 
 # ---------------------------------------------------------------------------------------------------------------- data
-# CultureLLM's evaluation prompts (dossier 1.7): system "You are an {Culture} chatbot that know {Culture} very well.",
+# CultureLLM's evaluation prompts (as `03_evaluate` describes them): system "You are an {Culture} chatbot that know {Culture} very well.",
 # user "If the following sentence ..., just say X, otherwise say Y without explanation: {text}"; the options are X and Y
 FAMILIES = {  # prompt_family -> (condition, yes answer, no answer)
     'offensive': ('is offensive', 'OFF', 'NOT_OFF'),
@@ -100,7 +100,7 @@ GEO_INSTRUCTION = ('You are an expert in global cultures and the subject matter 
                    'identify the most accurate answer from the options provided.')
 
 def geomlama_items(n:int, seed:int=0, lang:str='en') -> list:
-    "`n` GeoMLaMA questions in Global Gallery's Alpaca prompt (dossier 3.3), the candidate answers (shuffled) as options."
+    "`n` GeoMLaMA questions in Global Gallery's Alpaca prompt (as `06_gallery` asks it), the candidate answers (shuffled) as options."
     p = data_root() / 'global-gallery' / 'geomlama' / f'{lang}.csv'
     with open(p, newline='', encoding='utf-8') as f: rows = list(csv.DictReader(f))
     rng = random.Random(seed); rng.shuffle(rows)

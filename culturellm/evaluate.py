@@ -33,7 +33,7 @@ __all__ = ['TASKS_FILE', 'TEXT_FIELDS', 'FAMILIES', 'SUBJECTS', 'CONTEXT_CAVEATS
 # %% ../nbs/03_evaluate.ipynb #e007
 TASKS_FILE = 'data/tasks.json'   # the registry shipped in the package
 
-def _known_fixes(e:dict,   # an entry of the dossier's task table
+def _known_fixes(e:dict,   # an entry of a task table (`build_tasks_file`'s source)
                 ) -> dict:
     "Renames that undo a gold-label typo: a gold label outside the label set that begins exactly one label ('ind' -> 'indv')."
     out = {}
@@ -42,15 +42,15 @@ def _known_fixes(e:dict,   # an entry of the dossier's task table
         if len(hits) == 1: out[g] = hits[0]
     return out
 
-def _source(e:dict,   # an entry of the dossier's task table
+def _source(e:dict,   # an entry of a task table (`build_tasks_file`'s source)
            ) -> str:
-    "Where to get a task's file: the dossier's 'Public source' note, else the CultureLLM release."
+    "Where to get a task's file: the 'Public source' in the entry's notes, else the CultureLLM release."
     m = re.search(r'Public source: (.+?\))', e.get('notes') or '')
     return m.group(1) if m else f"the CultureLLM release, data/{e['path']} ({DATA_HELP.split(';')[0]})"
 
-def task_record(e:dict,   # an entry of the dossier's task table
+def task_record(e:dict,   # an entry of a task table (`build_tasks_file`'s source)
                ) -> dict:
-    "The shipped registry's record of one entry of the dossier's task table."
+    "The shipped registry's record of one entry of a task table."
     return dict(culture=e['culture'], task=e['task'], dataset=e['paper_dataset'], paper_task=e['paper_task'], path=e['path'],
                 n=e.get('n') or e.get('paper_n'), text_field=e['text_field'], label_field=e['label_field'],
                 labels=list(e['labels']), family=e['prompt_family'], label_distribution=e.get('label_distribution'),
@@ -59,13 +59,13 @@ def task_record(e:dict,   # an entry of the dossier's task table
                 ceiling_compat=e.get('oracle_macro_f1_through_released_parser'), notes=e.get('notes') or '',
                 missing=bool(e.get('missing')), source=_source(e))
 
-def build_tasks_file(src:str|Path,              # the dossier's culturellm-tasks.json
+def build_tasks_file(src:str|Path,              # a task table: a JSON list, one entry per task
                      dest:str|Path|None=None,   # where to write; default the package's data/tasks.json
                     ) -> Path:
-    "Regenerate the shipped task registry from the dossier's task table."
+    "Regenerate the shipped task registry from a task table."
     entries = json.loads(Path(src).read_text(encoding='utf-8'))
     dest = Path(dest) if dest else Path(resources.files('culturellm')) / TASKS_FILE
-    note = 'the 59 CultureLLM downstream tasks; from docs/culturellm-tasks.json by culturellm.evaluate.build_tasks_file'
+    note = 'the 59 CultureLLM downstream tasks, measured on the release\'s files; written by culturellm.evaluate.build_tasks_file'
     return atomic_write_json(dest, {'source': note, 'tasks': [task_record(e) for e in entries]})
 
 # %% ../nbs/03_evaluate.ipynb #e008
@@ -85,8 +85,8 @@ class Task:
     label_distribution: dict|None = None  # gold label counts over the whole file
     outside: tuple = ()          # gold labels known to lie outside the label set (a known defect, flagged)
     label_fixes: dict = field(default_factory=dict)  # gold-label typos undone before scoring ('ind' -> 'indv')
-    majority_f1: float|None = None   # the dossier's majority-class macro-F1 on the whole file
-    ceiling: float|None = None       # the dossier's perfect-model macro-F1 on the whole file
+    majority_f1: float|None = None   # majority-class macro-F1 on the whole file
+    ceiling: float|None = None       # a perfect model's macro-F1 on the whole file
     ceiling_compat: float|None = None  # the same through the original's parser
     notes: str = ''              # known defects and overlaps
     missing: bool = False        # absent from the CultureLLM release

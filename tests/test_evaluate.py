@@ -66,7 +66,7 @@ def test_bootstrap_of_macro_f1_hand_computed():
 
 
 def test_baselines_and_ceiling():
-    "Majority class and uniform random (closed form vs simulation), and the ceiling through each parser, as the dossier computed."
+    "Majority class and uniform random (closed form vs simulation), and the ceiling through each parser, as the registry records them."
     g = np.array([0] * 90 + [1] * 10)
     f1, acc = majority_baseline(g, 2)
     assert (f1, acc) == (pytest.approx(0.5 * 2 * 90 / 190), 0.9)
@@ -166,7 +166,7 @@ REAL_COMPAT = {
 
 @pytest.mark.parametrize('family', sorted(REAL))
 def test_parsers_on_real_replies(family):
-    "The strict parser accepts none of the small model's chatty replies; the original's parser reads them as the dossier says."
+    "The strict parser accepts none of the small model's chatty replies; the original's parser reads them as its rules say."
     opts = list(FAMILIES[family].options)
     assert [strict_parse(r, opts) for r in REAL[family]] == [None] * len(REAL[family])
     assert [compat_parse(r, family) for r in REAL[family]] == REAL_COMPAT[family]
@@ -235,15 +235,27 @@ def test_survey_alignment_and_whose_values():
 
 # ------------------------------------------------------------------ registry and data files
 
-def test_registry_matches_the_dossier():
-    "The shipped registry is the dossier's task table (regenerated identically), 59 tasks over the nine cultures."
-    src = REPO.parent / 'shared' / 'docs' / 'culturellm-tasks.json'
-    if not src.exists(): pytest.skip(f'{src} not here')
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        assert json.loads(build_tasks_file(src, Path(d) / 't.json').read_text()) == json.loads((REPO / 'culturellm' / 'data' / 'tasks.json').read_text())
+def test_registry_and_its_builder(tmp_path):
+    """The shipped registry holds the 59 tasks over the nine cultures, each routed to its prompt family; `build_tasks_file`
+    turns a task table's entries into registry records (a gold-label typo becomes a fix, a public source is kept)."""
     assert len(TASKS) == 59 and {t.culture for t in TASKS} == set(CULTURES)
     assert all(family_of(t.task) == t.family for t in TASKS if t.family != 'raw')
+    entry = dict(culture='arabic', task='offensive_detect', paper_task='Offensive language detection', paper_dataset='X',
+                 path='Arabic/X/x.jsonl', n=3, text_field='tweet', label_field='label', labels=['OFF', 'NOT'],
+                 label_distribution={'OFF': 1, 'NOT': 1, 'O': 1}, gold_labels_outside_metric_label_set=['O'], prompt_family='offensive',
+                 majority_class_macro_f1=0.4, oracle_macro_f1=1.0, oracle_macro_f1_through_released_parser=0.9,
+                 notes='Public source: example.org/x (v1)', missing=False)
+    reg = json.loads(build_tasks_file_at(tmp_path, [entry]).read_text())
+    r = reg['tasks'][0]
+    assert (r['family'], r['label_fixes'], r['source'], r['ceiling_compat']) == ('offensive', {'O': 'OFF'}, 'example.org/x (v1)', 0.9)
+    shipped = json.loads((REPO / 'culturellm' / 'data' / 'tasks.json').read_text())
+    assert set(r) == set(shipped['tasks'][0]) and reg['source'] == shipped['source']
+
+
+def build_tasks_file_at(d, entries):
+    "Write `entries` as a task table in `d` and build a registry from it."
+    (d / 'table.json').write_text(json.dumps(entries))
+    return build_tasks_file(d / 'table.json', d / 'tasks.json')
 
 
 def test_every_present_file_reads(data_root):

@@ -52,7 +52,7 @@ def test_precision_is_micro_averaged_with_its_baseline():
 
 
 def test_random_baseline_of_released_data(gg):
-    "The released English data's random-ranking baseline: 0.311, 0.295, 0.342, 0.305, 0.335, 0.331; mean 0.320 (dossier §3.3)."
+    "The released English data's random-ranking baseline: 0.311, 0.295, 0.342, 0.305, 0.335, 0.331; mean 0.320."
     d = load_geomlama(gg / 'geomlama' / 'en.csv').assign(hits=0)
     d['k'], d['n'] = d.gold.map(len), d.candidates.map(len)
     b = precision_table(d, ['country'], n_boot=100).set_index('country').random[list(COUNTRIES)]
