@@ -173,7 +173,7 @@ def performance_table(scores:pd.DataFrame,   # `scores` rows
     for (c, m), g in s.groupby(['culture', 'model'], sort=False):
         v, src = g.value.to_numpy(float), _col(g, 'text_source').astype(object).fillna(g.task).astype(str).to_numpy()
         k = len(set(src))
-        mean, lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=0, clusters=src) if k > 1 else (float(v.mean()), np.nan, np.nan)
+        mean, lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=0, clusters=src)   # one source: no interval
         maj = _col(g, 'majority_baseline')
         rows.append(dict(culture=c, model=m, tasks=len(g), items=int(g.n.sum()), macro_f1=mean, lo=lo, hi=hi,
                          ci_unit=None if k < 2 else 'task' if k == len(v) else 'text source', sources=k,

@@ -32,25 +32,30 @@ def load_augmented(run:str|Path) -> dict:
         if not (d / f).exists(): raise FileNotFoundError(f"{d / f}: not found; run the augment stage first (culturellm run --stages augment)")
     return {'a': [r for r in read_jsonl(d / 'augment_step1.jsonl') if r['status'] == 'kept'], 'b': read_jsonl(d / 'augmented.jsonl')}
 
+def _seed_texts(questions:list|None) -> dict:
+    "{question id: the seed's normalised text}."
+    from culturellm.augment import norm_text
+    from culturellm.seeds import load_questions
+    return {q.id: norm_text(q.text) for q in (questions or load_questions())}
+
 def lineages(aug:dict,               # {'a': step-1 records, 'b': step-2 records} (q_id, text, parent)
              questions:list|None=None, # the seed `Question`s (default: the 50): a step-2 variant of a seed itself is its own lineage
             ) -> dict:
     "{(q_id, normalised text): lineage}: a step-1 rewrite with all its step-2 variants (and any wording equal to one of them) is one lineage, named by its step-1 text."
     from culturellm.augment import norm_text
-    from culturellm.seeds import load_questions
-    seeds = {q.id: norm_text(q.text) for q in (questions or load_questions())}
-    up = {}                                                        # union-find over (q_id, normalised text)
+    seeds = _seed_texts(questions)
+    up, step = {}, {}                                              # union-find over (q_id, normalised text); a node's step
     def find(x):
         while up.setdefault(x, x) != x: up[x] = up[up[x]]; x = up[x]
         return x
-    recs = [(r, 1) for r in aug.get('a', [])] + [(r, 2) for r in aug.get('b', [])]
-    step = {}
-    for r, s in recs:
-        x = (r['q_id'], norm_text(r['text'])); find(x); step[x] = min(step.get(x, 9), r.get('step', s))
-        p = norm_text(r.get('parent') or '')
-        if p and p != seeds.get(r['q_id']) and s == 2:             # a variant of a rewrite joins the rewrite's lineage
-            y = (r['q_id'], p); step.setdefault(y, 1); a, b = find(x), find(y)
-            if a != b: up[max(a, b, key=lambda z: (step[z], z))] = min(a, b, key=lambda z: (step[z], z))
+    rank = lambda z: (step[z], z)                                  # a lineage is named by its earliest-step member
+    for k, s in (('a', 1), ('b', 2)):
+        for r in aug.get(k, []):
+            x = (r['q_id'], norm_text(r['text'])); find(x); step[x] = min(step.get(x, s), s)
+            p = norm_text(r.get('parent') or '')
+            if s == 2 and p and p != seeds.get(r['q_id']):         # a variant of a rewrite joins the rewrite's lineage
+                y = (r['q_id'], p); step.setdefault(y, 1); a, b = find(x), find(y)
+                if a != b: up[max(a, b, key=rank)] = min(a, b, key=rank)
     return {x: find(x)[1] for x in up}
 
 def split_augmented(aug:dict,          # {'a': step-1 records, 'b': step-2 records}, as `load_augmented` gives them
@@ -60,15 +65,14 @@ def split_augmented(aug:dict,          # {'a': step-1 records, 'b': step-2 recor
                    ) -> tuple:
     "(train, held-out), each {'a': [...], 'b': [...]}: whole lineages fall on one side, fixed by a hash of (seed, question, lineage), so no held-out wording has a parent, child or sibling in training; a wording equal to its seed always trains."
     from culturellm.augment import norm_text
-    from culturellm.seeds import load_questions
-    lin = lineages(aug, questions)
-    seeds = {q.id: norm_text(q.text) for q in (questions or load_questions())}
-    held_of = lambda r: (norm_text(r['text']) != seeds.get(r['q_id'])       # a "rewrite" equal to its seed is the seed: trained
-                         and _unit_hash('holdout', seed, r['q_id'], lin[(r['q_id'], norm_text(r['text']))]) < share)
+    lin, seeds = lineages(aug, questions), _seed_texts(questions)
     train, held = {}, {}
     for k, rs in aug.items():
-        train[k] = [dict(r, lineage=lin[(r['q_id'], norm_text(r['text']))]) for r in rs if not held_of(r)]
-        held[k] = [dict(r, lineage=lin[(r['q_id'], norm_text(r['text']))]) for r in rs if held_of(r)]
+        train[k], held[k] = [], []
+        for r in rs:
+            t = norm_text(r['text']); r = dict(r, lineage=lin[(r['q_id'], t)])
+            out = t != seeds.get(r['q_id']) and _unit_hash('holdout', seed, r['q_id'], r['lineage']) < share   # a "rewrite" equal to its seed is the seed: trained
+            (held if out else train)[k].append(r)
     return train, held
 
 def write_split(run:str|Path, train:dict, held:dict) -> Path:
@@ -90,7 +94,6 @@ def nested_subset(recs:list, k:int, seed:int=0) -> list:
             if len(out) == k: break
         depth += 1
     return out
-
 
 def variant_questions(questions:list,   # the 50 seed `Question`s
                       aug:dict,         # {'a': step-1 records, 'b': step-2 records} (training side only)

@@ -20,14 +20,13 @@ __all__ = ['COUNTRIES', 'COUNTRY_NAMES', 'LANGUAGES', 'GG_HELP', 'US_WORDS', 'AL
            'NLLB_CODES', 'ALPACA_FIELDS', 'TRANSLATION_COLUMNS', 'TUNING_COLUMNS', 'GALLERY_SETTINGS',
            'GalleryDataError', 'split_list', 'load_geomlama', 'fold', 'match_gold', 'check_geomlama', 'alpaca_prompt',
            'shuffled', 'remove_country', 'option_probs', 'ranking', 'precision_at_k', 'random_hits',
-           'calibrated_ranking', 'cluster_ci', 'precision_table', 'geomlama_items', 'geomlama_results',
-           'mean_precision', 'geomlama_scores', 'released_frame', 'read_released', 'rescore_geomlama',
-           'rescore_command', 'load_camel', 'camel_question', 'draw_options', 'camel_items', 'camel_outcomes',
-           'camel_templates', 'camel_scores', 'camel_priors', 'plot_geomlama', 'plot_camel_radar', 'plot_camel_priors',
-           'plot_camel_bars', 'plot_tuning', 'packaged_instructions', 'load_instructions', 'translatable',
-           'clean_translation', 'PromptTranslator', 'NLLBTranslator', 'make_translator', 'qe_method', 'qe_scores',
-           'translate_instructions', 'alpaca_sft', 'tune_config', 'tune_language', 'check_gallery_config', 'write_csv',
-           'model_slug']
+           'calibrated_ranking', 'precision_table', 'geomlama_items', 'geomlama_results', 'mean_precision',
+           'geomlama_scores', 'released_frame', 'read_released', 'rescore_geomlama', 'rescore_command', 'load_camel',
+           'camel_question', 'draw_options', 'camel_items', 'camel_outcomes', 'camel_templates', 'camel_scores',
+           'camel_priors', 'plot_geomlama', 'plot_camel_radar', 'plot_camel_priors', 'plot_camel_bars', 'plot_tuning',
+           'packaged_instructions', 'load_instructions', 'translatable', 'clean_translation', 'PromptTranslator',
+           'NLLBTranslator', 'make_translator', 'qe_method', 'qe_scores', 'translate_instructions', 'alpaca_sft',
+           'tune_config', 'tune_language', 'check_gallery_config', 'write_csv', 'model_slug']
 
 # %% ../nbs/06_gallery.ipynb #g008
 COUNTRIES = ('us', 'china', 'india', 'iran', 'kenya', 'greece')     # GeoMLaMA's countries, in the files' row order
@@ -267,18 +266,6 @@ def calibrated_ranking(p_country:dict,        # option probabilities with the co
     return sorted(ranking(p_country, order), key=lambda o: -(p_country[o] - p_none[o]))
 
 # %% ../nbs/06_gallery.ipynb #g027
-def cluster_ci(data,              # an array, or a tuple of arrays resampled together
-               stat,              # statistic of the (resampled) arrays
-               units,             # a label per row naming its independent unit (question, template)
-               n_boot:int=2000,   # bootstrap resamples
-               seed:int=0,        # resampling seed
-              ) -> tuple:
-    "(statistic, low, high): `bootstrap_ci` resampling whole units; with fewer than two units every resample is the data again, so no interval (NaN) is given."
-    units = np.asarray(units, dtype=object).astype(str)
-    if len(set(units)) >= 2: return bootstrap_ci(data, stat, n_boot, seed=seed, clusters=units)
-    data = tuple(np.asarray(a) for a in (data if isinstance(data, tuple) else (data,)))
-    return (float(stat(*data)) if len(units) else float('nan'), float('nan'), float('nan'))
-
 def precision_table(rows:pd.DataFrame,  # scored rows: hits, k, n, and `q` (the question) where known
                     by:list,            # grouping columns
                     seed:int=0,         # bootstrap seed
@@ -289,8 +276,8 @@ def precision_table(rows:pd.DataFrame,  # scored rows: hits, k, n, and `q` (the 
     for key, g in rows.groupby(by, sort=False):
         h, k, n = (g[c].to_numpy(float) for c in ('hits', 'k', 'n'))
         u = g['q'].to_numpy() if 'q' in g else np.arange(len(g))
-        p, lo, hi = cluster_ci((h, k), lambda a, b: a.sum() / b.sum(), u, n_boot, seed)
-        _, glo, ghi = cluster_ci((h, k, n), lambda a, b, c: (a.sum() - (b * b / c).sum()) / b.sum(), u, n_boot, seed)   # the same resamples
+        p, lo, hi = bootstrap_ci((h, k), lambda a, b: a.sum() / b.sum(), n_boot, seed=seed, clusters=u)
+        _, glo, ghi = bootstrap_ci((h, k, n), lambda a, b, c: (a.sum() - (b * b / c).sum()) / b.sum(), n_boot, seed=seed, clusters=u)   # the same resamples
         out.append(dict(zip(by, key if isinstance(key, tuple) else (key,)), precision=p, ci_low=lo, ci_high=hi,
                         random=float((k * k / n).sum() / k.sum()), gap_low=glo, gap_high=ghi, ci_unit='question',
                         questions=len(set(map(str, u))), hits=int(h.sum()), k=int(k.sum())))
@@ -346,8 +333,8 @@ def mean_precision(rows:pd.DataFrame,  # scored rows of one language and setting
     h, k, n = (rows[x].to_numpy(float) for x in ('hits', 'k', 'n'))
     def per(x, k, c):   # per country: Σ x / Σ k over the (resampled) rows, averaged over the countries present
         s, t = np.bincount(c, x, m), np.bincount(c, k, m); return float(np.mean(s[t > 0] / t[t > 0]))
-    p, lo, hi = cluster_ci((h, k, c), per, rows.q.to_numpy(), n_boot, seed)
-    _, glo, ghi = cluster_ci((h, k, n, c), lambda h, k, n, c: per(h, k, c) - per(k * k / n, k, c), rows.q.to_numpy(), n_boot, seed)
+    p, lo, hi = bootstrap_ci((h, k, c), per, n_boot, seed=seed, clusters=rows.q.to_numpy())
+    _, glo, ghi = bootstrap_ci((h, k, n, c), lambda h, k, n, c: per(h, k, c) - per(k * k / n, k, c), n_boot, seed=seed, clusters=rows.q.to_numpy())
     return dict(precision=p, ci_low=lo, ci_high=hi, random=per(k * k / n, k, c), gap_low=glo, gap_high=ghi, ci_unit='question',
                 questions=rows.q.nunique())
 
@@ -657,7 +644,7 @@ def camel_scores(out:pd.DataFrame,   # `camel_outcomes`
     groups += [((s, c, 'Overall'), g) for (s, c), g in o.groupby(['setting', 'country'], sort=False)]
     groups += [((s, 'all', 'Overall'), g) for s, g in o.groupby('setting', sort=False)]
     for (s, c, cat), g in groups:
-        v, lo, hi = cluster_ci(g.outcome.to_numpy(float), np.mean, camel_templates(g), n_boot, seed)
+        v, lo, hi = bootstrap_ci(g.outcome.to_numpy(float), np.mean, n_boot, seed=seed, clusters=camel_templates(g))
         rows.append(dict(setting=int(s), country=c, category=cat, metric=CAMEL_METRIC[int(s)], better=CAMEL_BETTER[int(s)],
                          value=v, ci_low=lo, ci_high=hi, ci_unit='template', chance=float(g.chance.mean()), n=len(g),
                          templates=len(set(camel_templates(g)))))
@@ -672,7 +659,7 @@ def camel_priors(out:pd.DataFrame,   # `camel_outcomes`
     for (c, cat), g in groups:
         for p in [x for x in CAMEL_COUNTRIES if x != c] + sorted(set(g.picked_country.dropna()) - set(CAMEL_COUNTRIES)):
             hit = (g.picked_country == p).to_numpy(float)
-            v, lo, hi = cluster_ci(hit, np.mean, camel_templates(g), n_boot, seed)
+            v, lo, hi = bootstrap_ci(hit, np.mean, n_boot, seed=seed, clusters=camel_templates(g))
             ch = float(np.mean([(f'foreign:{p}' in k) / len(k) for k in g.kinds]))
             rows.append(dict(scenario=c, category=cat, picked=p, share=v, ci_low=lo, ci_high=hi, ci_unit='template', chance=ch, n=len(g),
                              templates=len(set(camel_templates(g)))))
@@ -972,7 +959,7 @@ def translate_instructions(recs:list,         # `load_instructions` records
         r['qe'] = float(np.mean(s)) if s and np.isfinite(s).all() else float('nan')
         r['keep'] = not (threshold and np.isfinite(r['qe']) and r['qe'] < threshold)
     q = np.array([r['qe'] for r in out], float); q = q[np.isfinite(q)]
-    m, lo, hi = bootstrap_ci(q, seed=seed) if len(q) else (np.nan, np.nan, np.nan)
+    m, lo, hi = bootstrap_ci(q, seed=seed)
     return out, dict(language=lang, n=len(out), translated=n_tr, kept_english=n_en, qe_method=qe, qe_mean=m, qe_lo=lo, qe_hi=hi, ci_unit='instruction',
                      dropped=sum(not r['keep'] for r in out))
 

@@ -111,16 +111,16 @@ def plot_measure(ax,                 # a matplotlib axis
                 ):
     "Plot `measure` against size: one line per culture, the mean over training seeds with the widest interval, n in the legend; the base model (setting 'base') as a dashed line with its interval as a band."
     d = df[df.measure == measure]
+    colour = {c: f'C{k}' for k, c in enumerate(sorted(d.culture.unique()))}   # a culture's line and its base model's, alike
     if 'setting' in d:
-        for k, (c, g) in enumerate(d[d.setting == 'base'].groupby('culture', sort=True)):
-            col = f'C{sorted(d.culture.unique()).index(c)}'
-            ax.axhline(g.value.mean(), color=col, ls='--', lw=1, label=f'{c}: base model')
-            ax.axhspan(g.lo.min(), g.hi.max(), color=col, alpha=0.08)
+        for c, g in d[d.setting == 'base'].groupby('culture', sort=True):
+            ax.axhline(g.value.mean(), color=colour[c], ls='--', lw=1, label=f'{c}: base model')
+            ax.axhspan(g.lo.min(), g.hi.max(), color=colour[c], alpha=0.08)
         d = d[d.setting != 'base']
     for c, g in d.groupby('culture', sort=True):
         g = g.groupby('size').agg(value=('value', 'mean'), lo=('lo', 'min'), hi=('hi', 'max'), n=('n', 'max')).reset_index()
         lo_n, hi_n = int(g.n.min()), int(g.n.max())
-        ax.errorbar(g['size'], g.value, yerr=[g.value - g.lo, g.hi - g.value], marker='o', capsize=3, lw=1.2, color=f'C{sorted(df[df.measure == measure].culture.unique()).index(c)}',
+        ax.errorbar(g['size'], g.value, yerr=[g.value - g.lo, g.hi - g.value], marker='o', capsize=3, lw=1.2, color=colour[c],
                     label=f"{'question sets' if c == 'all' else c} (n={lo_n if lo_n == hi_n else f'{lo_n}–{hi_n}'})")
     if len(d) and d['size'].max() > 0: ax.set_xscale('symlog', linthresh=max(1, int(d.loc[d['size'] > 0, 'size'].min())))
     ax.set_xticks(sorted(d['size'].unique())); ax.set_xticklabels([str(int(s)) for s in sorted(d['size'].unique())], fontsize=8)

@@ -11,20 +11,23 @@ import numpy as np
 __all__ = ['bootstrap_ci', 'paired_bootstrap']
 
 # %% ../nbs/00c_stats.ipynb #s005
-def _draws(n:int, clusters, n_boot:int, seed:int) -> list:
-    "Row indices of `n_boot` resamples: whole clusters drawn with replacement, every row of a drawn cluster kept (one row per cluster: the plain bootstrap)."
-    rng = np.random.default_rng(seed)
-    if clusters is None: return list(rng.integers(0, n, size=(n_boot, n)))
+def _units(n:int, clusters) -> np.ndarray:
+    "Each row's unit, numbered 0, 1, ... in order of first appearance (`clusters` None: each row is its own)."
+    if clusters is None: return np.arange(n)
     clusters = np.asarray(clusters, dtype=object)
     if len(clusters) != n: raise ValueError(f"bootstrap: {len(clusters)} cluster labels for {n} rows")
     _, first, inv = np.unique(clusters.astype(str), return_index=True, return_inverse=True)
-    order = np.argsort(np.argsort(first))                 # clusters numbered in order of first appearance
-    rows = [[] for _ in range(len(first))]
-    for i, k in enumerate(order[inv.ravel()]): rows[k].append(i)
-    rows = [np.asarray(r) for r in rows]
-    if all(len(r) == 1 for r in rows) and all(r[0] == k for k, r in enumerate(rows)):
-        return list(rng.integers(0, n, size=(n_boot, n)))
-    return [np.concatenate([rows[k] for k in ks]) for ks in rng.integers(0, len(rows), size=(n_boot, len(rows)))]
+    return np.argsort(np.argsort(first))[inv.ravel()]
+
+def _draws(n:int, clusters, n_boot:int, seed:int) -> list|None:
+    """Row indices of `n_boot` resamples: whole clusters drawn with replacement, every row of a drawn cluster kept (one row
+    per cluster: the plain bootstrap, draw for draw). None with fewer than two units: every resample would be the data."""
+    unit = _units(n, clusters); m = int(unit.max()) + 1 if n else 0
+    if m < 2: return None
+    rng = np.random.default_rng(seed)
+    if m == n and (unit == np.arange(n)).all(): return list(rng.integers(0, n, size=(n_boot, n)))
+    rows = [np.flatnonzero(unit == k) for k in range(m)]
+    return [np.concatenate([rows[k] for k in ks]) for ks in rng.integers(0, m, size=(n_boot, m))]
 
 def bootstrap_ci(data,                   # an array, or a tuple of arrays resampled together (e.g. gold and predicted labels)
                  stat=np.mean,           # statistic of the (resampled) arrays
@@ -33,13 +36,14 @@ def bootstrap_ci(data,                   # an array, or a tuple of arrays resamp
                  seed:int=0,             # resampling seed
                  clusters=None,          # a label per row naming its independent unit (seed question, template, ...): whole units are resampled; None: each row is one
                 ) -> tuple:
-    "(statistic, low, high): the statistic on the data and its percentile bootstrap interval, resampling independent units (clusters) with all their rows."
+    "(statistic, low, high): the statistic on the data and its percentile bootstrap interval, resampling independent units (clusters) with all their rows; fewer than two units give no interval (NaN)."
     data = tuple(np.asarray(a) for a in (data if isinstance(data, tuple) else (data,)))
     n = len(data[0])
     if n == 0: return (float('nan'),) * 3
     if any(len(a) != n for a in data): raise ValueError(f"bootstrap_ci: arrays of different lengths {[len(a) for a in data]}")
-    point = float(stat(*data))
-    boots = np.array([stat(*(a[i] for a in data)) for i in _draws(n, clusters, n_boot, seed)], dtype=float)
+    point, draws = float(stat(*data)), _draws(n, clusters, n_boot, seed)
+    if draws is None: return point, float('nan'), float('nan')
+    boots = np.array([stat(*(a[i] for a in data)) for i in draws], dtype=float)
     lo, hi = np.nanpercentile(boots, [50 * (1 - level), 50 * (1 + level)])
     return point, float(lo), float(hi)
 
@@ -50,14 +54,16 @@ def paired_bootstrap(a,                  # per-item outcomes of model A (or a tu
                      n_boot:int=2000, level:float=0.95, seed:int=0,
                      clusters=None,      # a label per row naming its independent unit; whole units are resampled (None: each row is one)
                     ) -> dict:
-    "The difference stat(b) - stat(a) with its paired bootstrap interval and two-sided p-value (units resampled together, both models' rows kept)."
+    "The difference stat(b) - stat(a) with its paired bootstrap interval and two-sided p-value (units resampled together, both models' rows kept; fewer than two units: no interval, p NaN)."
     a = tuple(np.asarray(x) for x in (a if isinstance(a, tuple) else (a,)))
     b = tuple(np.asarray(x) for x in (b if isinstance(b, tuple) else (b,)))
     n = len(a[0])
     if any(len(x) != n for x in a + b): raise ValueError("paired_bootstrap: the two models must be scored on the same items")
     if n == 0: return dict(diff=float('nan'), low=float('nan'), high=float('nan'), p=float('nan'), n=0, units=0)
-    d = np.array([stat(*(x[i] for x in b)) - stat(*(x[i] for x in a)) for i in _draws(n, clusters, n_boot, seed)], dtype=float)
+    units, draws = len(set(_units(n, clusters))), _draws(n, clusters, n_boot, seed)
+    diff = float(stat(*b) - stat(*a))
+    if draws is None: return dict(diff=diff, low=float('nan'), high=float('nan'), p=float('nan'), n=n, units=units)
+    d = np.array([stat(*(x[i] for x in b)) - stat(*(x[i] for x in a)) for i in draws], dtype=float)
     lo, hi = np.nanpercentile(d, [50 * (1 - level), 50 * (1 + level)])
     p = min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))
-    units = n if clusters is None else len(set(map(str, clusters)))
-    return dict(diff=float(stat(*b) - stat(*a)), low=float(lo), high=float(hi), p=float(p), n=n, units=units)
+    return dict(diff=diff, low=float(lo), high=float(hi), p=float(p), n=n, units=units)
