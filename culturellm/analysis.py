@@ -726,7 +726,7 @@ def _config_rows(cfg:dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 def _stage_rows(m:dict) -> pd.DataFrame:
-    "One row per stage task of the manifest: status, seconds, peak memory (MB, the task's kernel and papermill), whether it was reused, its error."
+    "One row per stage task of the manifest: status, seconds, peak memory (MiB, the task's kernel and papermill), whether it was reused, its error."
     rows = [dict(stage=r.get('stage', k.split('/')[0]), culture=r.get('culture', ''), status=r.get('status'), seconds=r.get('seconds'),
                  peak_rss_mb=r.get('peak_rss_mb'), reused=bool(r.get('reused')), error=(r.get('error') or '')[:120])
             for k, r in m.get('stages', {}).items()]
@@ -843,7 +843,7 @@ def report_markdown(R:dict,    # `load_run`
     if len(st):
         L += ["### Stages, wall times and peak memory\n", md_table(st, 1), f"Sum of stage seconds: {st.seconds.fillna(0).sum():.0f}" +
               (f"; last run wall time {man['wall_seconds']:.0f} s" if man.get('wall_seconds') else '') +
-              (f"; peak memory of its largest task {man['peak_rss_mb']:.0f} MB (`peak_rss_mb`: the task's kernel and papermill)" if man.get('peak_rss_mb') else '') + '.\n']
+              (f"; peak memory of its largest task {man['peak_rss_mb']:.0f} MiB (`peak_rss_mb`: the task's kernel and papermill)" if man.get('peak_rss_mb') else '') + '.\n']
     return '\n'.join(L).replace('\n\n\n', '\n\n')
 
 def build_report(run_dir:str|Path,          # a run folder (complete or partial)

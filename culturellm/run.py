@@ -121,7 +121,7 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
                  on_progress=None,   # called with the notebook's latest progress-bar line while it runs
                  threads:int|None=None, # CPU threads of the kernel's math libraries (OMP/MKL/torch); None: theirs
                 ) -> dict:
-    "Execute `task`'s notebook with papermill in a subprocess; {'status', 'seconds', 'peak_rss_mb', 'error'} (the peak: the largest resident set of papermill and its kernel)."
+    "Execute `task`'s notebook with papermill in a subprocess; {'status', 'seconds', 'peak_rss_mb', 'error'} (the peak, in MiB: the largest resident set of papermill and its kernel)."
     dst = task.out_nb(out); dst.parent.mkdir(parents=True, exist_ok=True)
     (out / 'usage' / task.stage.name / f'{task.culture}.json').unlink(missing_ok=True)   # the stage writes a fresh one
     (out / 'records' / task.stage.name / f'{task.culture}.json').unlink(missing_ok=True)  # likewise its summary record
@@ -144,7 +144,7 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
             time.sleep(0.5)
             if on_progress and (line := last_progress(err_log)): on_progress(line)
     secs = round(time.time() - t, 2)
-    peak = round(ru.ru_maxrss / (1024 * 1024 if sys.platform == 'darwin' else 1024), 1)   # MB: Linux counts KiB, macOS bytes
+    peak = round(ru.ru_maxrss / (1024 * 1024 if sys.platform == 'darwin' else 1024), 1)   # MiB: Linux counts KiB, macOS bytes
     if rc == 0: return {'status': 'ok', 'seconds': secs, 'peak_rss_mb': peak, 'error': None}
     err = notebook_error(dst) if dst.exists() else None
     if err is None:
@@ -281,13 +281,13 @@ def summarise(m:dict) -> tuple:
     for k in m['last_run']:
         r = m['stages'][k]
         if r['status'] == 'missing':   # one line per stage that is not built yet
-            if r['stage'] not in seen: lines.append(f"{'missing':8s} {r['stage']:9s} {'':11s} {'':>8s} {'':>7s}  {r['error']}")
+            if r['stage'] not in seen: lines.append(f"{'missing':8s} {r['stage']:9s} {'':11s} {'':>8s} {'':>8s}  {r['error']}")
             seen.add(r['stage']); continue
         st = 'reused' if r.get('reused') else r['status']
         bad |= r['status'] in ('failed', 'blocked')
         secs = f"{r['seconds']:.1f}s" if isinstance(r.get('seconds'), (int, float)) else ''
-        mem = f"{r['peak_rss_mb'] / 1024:.1f} GB" if isinstance(r.get('peak_rss_mb'), (int, float)) else ''
-        lines.append(f"{st:8s} {r['stage']:9s} {r['culture']:11s} {secs:>8s} {mem:>7s}  {r['notebook'] if r['status'] in ('ok', 'failed') else ''}"
+        mem = f"{r['peak_rss_mb'] / 1024:.1f} GiB" if isinstance(r.get('peak_rss_mb'), (int, float)) else ''
+        lines.append(f"{st:8s} {r['stage']:9s} {r['culture']:11s} {secs:>8s} {mem:>8s}  {r['notebook'] if r['status'] in ('ok', 'failed') else ''}"
                      + (f"  {r['error']}" if r.get('error') and r['status'] != 'ok' else ''))
     return lines, int(bad)
 
@@ -355,7 +355,7 @@ def _cmd_run(args):
     print(f"culturellm run: profile {cfg.profile}, cultures {', '.join(cfg.cultures)}, into {out}", file=sys.stderr)
     m = run_study(cfg, out, args.stages, args.jobs, args.nbs, args.force, True, args.timeout)
     lines, rc = summarise(m)
-    peak = f", peak memory {m['peak_rss_mb'] / 1024:.1f} GB (its largest task)" if m.get('peak_rss_mb') else ''
+    peak = f", peak memory {m['peak_rss_mb'] / 1024:.1f} GiB (its largest task)" if m.get('peak_rss_mb') else ''
     print(f"\n{out}/manifest.json — {len(m['last_run'])} tasks in {m['wall_seconds']:.1f}s{peak}")
     for l in lines: print('  ' + l)
     if (out / 'report.md').exists() and any(k.startswith('analysis/') for k in m['last_run']):

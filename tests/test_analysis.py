@@ -130,8 +130,8 @@ def test_report_tables_match_hand_values(tmp_path):
     assert 'WVS alignment: 0 of 4 (culture, split, model) scores are reliably above the uniform-answer baseline' in md
     assert 'Data size, arabic perplexity: 20.000 at 0 samples → 12.000 at 200 (intervals do not overlap).' in md
     assert 'Git revision `feedbeef` (with uncommitted changes)' in md and '| evaluate | german | ok | 20 | – | True |' in md
-    assert '| evaluate | arabic | ok | 30 | 1536 | False |' in md and 'peak memory of its largest task 1536 MB' in md
-    assert 'Sum of stage seconds: 50; last run wall time 99 s; peak memory of its largest task 1536 MB' in md
+    assert '| evaluate | arabic | ok | 30 | 1536 | False |' in md and 'peak memory of its largest task 1536 MiB' in md
+    assert 'Sum of stage seconds: 50; last run wall time 99 s; peak memory of its largest task 1536 MiB' in md
     for link in re.findall(r'\]\((figures/[^)]+)\)', md): assert (tmp_path / link).exists(), link
     want = {'performance', 'vs_base', 'wvs', 'ablation', 'local', 'winrate', 'forgetting', 'scaling', 'translation'}
     assert set(rec['figures']) == want and set(rec['absent']) == set(PARTS) - want
