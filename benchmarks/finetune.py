@@ -30,7 +30,7 @@ os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scoring import cpu_busy, matmul_peak, others_share  # noqa: E402
+from scoring import cpu_busy, matmul_peak, others_share, write_results  # noqa: E402
 
 
 def training_samples(culture:str, run:str|None, n:int, seed:int=0) -> tuple:
@@ -75,7 +75,7 @@ def train_once(kind:str, recs:list, F, steps:int, seed:int=0) -> dict:
     dev = train_device(F.precision, F.quantize)
     model, tok, _ = load_base(F.model, dev)
     pc = Dataset.from_list([{'prompt': r['messages'][:2], 'completion': r['messages'][2:]} for r in recs])
-    if kind == 'ours': ds, cls, kw = pc, _trainer_class(), dict(data_collator=PackedCollator(tok.pad_token_id, F.row_tokens))
+    if kind == 'ours': ds, cls, kw = pc, _trainer_class(), dict(data_collator=PackedCollator(tok.pad_token_id, F.row_tokens, micro_tokens=F.micro_tokens))
     elif kind == 'baseline': ds, cls, kw = pc, SFTTrainer, {}                                  # TRL: completion-only loss on prompt-completion data
     else: ds, cls, kw = Dataset.from_list([{'messages': r['messages']} for r in recs]), SFTTrainer, {}
     lora = LoraConfig(r=F.r, lora_alpha=F.alpha, lora_dropout=F.dropout, target_modules=list(F.target_modules), task_type='CAUSAL_LM')
@@ -88,7 +88,7 @@ def train_once(kind:str, recs:list, F, steps:int, seed:int=0) -> dict:
         orig = tr.compute_loss
         def counting(model, inputs, *a, **k):
             ids = inputs['input_ids']; fed.append(int(ids.numel()))
-            real.append(int(inputs['n_tokens']) if 'n_tokens' in inputs else int(inputs['attention_mask'].sum()))
+            real.append(int(inputs['row_n'].sum()) if 'row_n' in inputs else int(inputs['attention_mask'].sum()))
             targets.append(int(len(inputs['targets'])) if 'targets' in inputs else int((inputs['labels'] != -100).sum()))
             T2.append(int(ids.shape[0]) * int(ids.shape[1]) ** 2)
             return orig(model, inputs, *a, **k)
@@ -100,20 +100,6 @@ def train_once(kind:str, recs:list, F, steps:int, seed:int=0) -> dict:
                 fed=sum(fed[1:]), targets=sum(targets[1:]), attn=sum(T2[1:]), others=others_share(b0, b1), dtype=dev['dtype'],
                 model=model)
 
-
-def write_results(name:str, res:dict) -> Path:
-    "benchmarks/results/<name>.json: `res` with the machine (processor, cores, CPU flags) and the package versions."
-    import json, platform
-    from culturellm.run import package_versions
-    flags = ''
-    try: flags = next(l.split(':', 1)[1].split() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('flags'))
-    except (OSError, StopIteration): pass
-    machine = dict(processor=platform.processor() or platform.machine(), cores=os.cpu_count(), python=platform.python_version(),
-                   cpu_flags=[f for f in flags if f.startswith(('avx', 'amx', 'fma', 'sse4'))])
-    p = Path(__file__).resolve().parent / 'results' / f'{name}.json'
-    p.parent.mkdir(exist_ok=True)
-    p.write_text(json.dumps(dict(res, machine=machine, versions=package_versions(), when=time.strftime('%Y-%m-%d')), indent=1, default=str) + '\n')
-    return p
 
 
 def flops(model, r:dict) -> float:

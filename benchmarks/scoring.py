@@ -7,10 +7,15 @@ evaluation format (system "You are an {Culture} chatbot ...", "If the following 
 otherwise say "NOT_OFF" ...", the answers as options), rendered with the model's chat template; plus GeoMLaMA (English)
 questions in Global Gallery's Alpaca prompt with the candidate answers as options.
 
-Prints items/s for both (median over repeats), their ratio, the largest per-option log-prob difference, the machine's
-matmul peak and the fraction of it our scorer reaches. The last line is
+Runs at fp32 and at bf16 (where the CPU has bf16 instructions) in one process and prints, for each: items/s for both
+(median over repeats), their ratio, the largest per-option log-prob difference between the two implementations and how
+often they pick the same option (argmax agreement); then the machine's matmul peak and the fraction of it our scorer
+reaches. The headline dtype is bf16 where the CPU has it (the dtype the study scores in there), else fp32; max_abs_diff
+on the last line is taken at fp32 (at bf16 two correct implementations differ by bf16 rounding, which says nothing about
+either), argmax_agree at the headline dtype. Everything is also written to benchmarks/results/scoring.json (machine,
+cores, CPU flags, versions, every run and median). The last line is
 
-    scoring: ours=<items/s> baseline=<items/s> ratio=<x> max_abs_diff=<d> peak_fraction=<f>
+    scoring: ours=<items/s> baseline=<items/s> ratio=<x> max_abs_diff=<d> peak_fraction=<f> argmax_agree=<f>
 
 Usage: python benchmarks/scoring.py [--quick] [--dtype bf16|fp32] [--items N] [--repeats R]
        [--batch-tokens T] [--row-tokens R] [--min-prefix K] [--hf-batch-size B] [--diff-dtypes bf16,fp32] [--threads N] [--sweep]
@@ -202,6 +207,20 @@ def matmul_peak(dtypes=('fp32', 'bf16'), n:int=2048, repeats:int=10) -> dict:
         out[name] = 2 * n ** 3 / statistics.median(ts) / 1e9
     return out
 
+def write_results(name:str, res:dict) -> Path:
+    "benchmarks/results/<name>.json: `res` with the machine (processor, cores, CPU flags) and the package versions."
+    import platform
+    from culturellm.run import package_versions
+    flags = []
+    try: flags = next(l.split(':', 1)[1].split() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('flags'))
+    except (OSError, StopIteration): pass
+    machine = dict(processor=platform.processor() or platform.machine(), cores=os.cpu_count(), python=platform.python_version(),
+                   cpu_flags=[f for f in flags if f.startswith(('avx', 'amx', 'fma', 'sse4'))])
+    p = Path(__file__).resolve().parent / 'results' / f'{name}.json'
+    p.parent.mkdir(exist_ok=True)
+    p.write_text(json.dumps(dict(res, machine=machine, versions=package_versions(), when=time.strftime('%Y-%m-%d')), indent=1, default=str) + '\n')
+    return p
+
 def _g(x:float, d:int=4) -> str: return f'{x:.{d}g}'
 
 # ---------------------------------------------------------------------------------------------------------------- main
@@ -246,9 +265,9 @@ def main(argv=None):
 
     results = {}
     for dt in diff:
-        timed = dt == headline
-        reps = R if timed else 1
-        print(f'\n== {dt} ({"timed, " + str(reps) + " repeats" if timed else "log-prob check, 1 pass"})', flush=True)
+        timed = True                                                   # every dtype is timed: the ratio is reported at each
+        reps = R
+        print(f'\n== {dt} (timed, {reps} repeats)', flush=True)
         lm = LocalLM(dtype=dt, cache=None, batch_tokens=a.batch_tokens, row_tokens=a.row_tokens, min_prefix=a.min_prefix)
         hf = load_hf(lm.path, dt, a.hf_batch_size)
         bad = check_tokens(lm, hf, items)
@@ -273,7 +292,7 @@ def main(argv=None):
         print(f'  baseline: median {tb:.2f}s  -> {len(items) / tb:.1f} items/s (HFLM batch_size={a.hf_batch_size}; runs {", ".join(f"{t:.2f}" for t in tsb)})')
         print(f'  ratio {tb / to:.2f}x; max |logprob ours - lm-eval| = {d:.3g} over {nopt} options; same argmax on {100 * agree:.1f}% of items')
         gf = flops / to / 1e9
-        results[dt].update(gflops=gf)
+        results[dt].update(gflops=gf, runs_ours=tso, runs_base=tsb)
         print(f"  tokens: prompt {tc['prompt']} + option {tc['option']} = {tc['useful']} useful; feeding each prompt once: {tc['fed']}; "
               f"after sharing prompt prefixes across items ({tc['prefix_groups']} groups): {tc['unique']} "
               f"({1 - tc['unique'] / tc['fed']:.0%} less); our batches feed {tc['computed']} (padding {tc['computed'] / tc['unique'] - 1:+.0%}, "
@@ -281,7 +300,7 @@ def main(argv=None):
         print(f"  our FLOP rate: (2 x {body / 1e6:.1f}M layer params x {tc['unique']} tokens + 2 x {head / 1e6:.1f}M head params x "
               f"{tc['head_positions']} predicting positions) / {to:.2f}s = {gf:.1f} GFLOP/s ("
               + ', '.join(f'{gf / v:.1%} of {k} peak' for k, v in peak.items()) + ')')
-        if a.sweep and timed:
+        if a.sweep and dt == headline:
             for bt in (1024, 2048, 4096, 8192, 16384):
                 lm.batch_tokens = bt; t = statistics.median(run_ours(lm, items)[0] for _ in range(max(1, R // 2)))
                 print(f'  sweep ours batch_tokens={bt}: {t:.2f}s -> {len(items) / t:.1f} items/s', flush=True)
@@ -309,6 +328,18 @@ def main(argv=None):
     print(f'peak fraction: our {headline} FLOP rate {h["gflops"]:.1f} GFLOP/s / {headline} matmul peak {peak[headline]:.1f} GFLOP/s = {frac:.3g}'
           + (f' (fp32 peak: {h["gflops"] / peak["fp32"]:.3g})' if headline != 'fp32' else ''))
     print(f'goal ratio>=3: {"met" if h["ours"] / h["base"] >= 3 else "NOT met"}; goal max_abs_diff<=0.01 (at {exact}): {"met" if dmax <= 0.01 else "NOT met"}')
-    print(f'scoring: ours={_g(h["ours"])} baseline={_g(h["base"])} ratio={_g(h["ours"] / h["base"], 3)} max_abs_diff={_g(dmax, 3)} peak_fraction={_g(frac, 3)}')
+    for dt, r in results.items():
+        print(f'{dt}: ours {r["ours"]:.1f} items/s, baseline {r["base"]:.1f} items/s, ratio {r["ours"] / r["base"]:.2f}x, '
+              f'max_abs_diff {r["diff"]:.3g}, argmax_agree {r["agree"]:.3f}')
+    if not a.quick:
+        write_results('scoring', dict(items=len(items), options=nopt, repeats=R, headline=headline, peak_gflops=peak,
+                                      baseline_setup=f'lm-eval HFLM.loglikelihood, batch_size={a.hf_batch_size}',
+                                      max_abs_diff=dmax, max_abs_diff_dtype=exact, peak_fraction=frac,
+                                      dtypes={dt: dict(ours=r['ours'], baseline=r['base'], ratio=r['ours'] / r['base'], max_abs_diff=r['diff'],
+                                                       argmax_agree=r['agree'], gflops=r['gflops'], others=r['other'],
+                                                       seconds_ours=r['runs_ours'], seconds_baseline=r['runs_base'], tokens=r['tc'])
+                                              for dt, r in results.items()}))
+    print(f'scoring: ours={_g(h["ours"])} baseline={_g(h["base"])} ratio={_g(h["ours"] / h["base"], 3)} max_abs_diff={_g(dmax, 3)} '
+          f'peak_fraction={_g(frac, 3)} argmax_agree={_g(h["agree"], 3)}')
 
 if __name__ == '__main__': main()

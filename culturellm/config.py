@@ -105,6 +105,7 @@ class FinetuneConfig:
     quantize: str = 'none'              # 4bit: QLoRA (NF4) where CUDA and bitsandbytes are present
     collator: str = 'packed'            # packed (no padding, shared prefixes once, LM head on answer tokens only) or trl (TRL's default)
     row_tokens: int = 256               # packed row length
+    micro_tokens: int = 1024            # tokens per forward pass at most: a step's packed rows run in parts, gradients summed (the same step in less memory); 0: all at once
     checkpointing: bool = False         # activation checkpointing: less memory for a third more compute (TRL's default is on)
     save_steps: int = 50                # checkpoint every this many steps (a killed run resumes from the last)
     eval_items: int = 200               # held-out questions scored before and after tuning per culture; 0: all
@@ -113,7 +114,7 @@ class FinetuneConfig:
                     quantize=QUANTIZATIONS)
     _ranges = dict(augmented=(0, None), holdout=(0.0, 0.9), r=(1, None), alpha=(1, None), dropout=(0.0, 1.0), lr=(0.0, None),
                    epochs=(0.0, None), max_steps=(0, None), batch_size=(1, None), grad_accum=(1, None), warmup_ratio=(0.0, 0.99),
-                   weight_decay=(0.0, None), max_grad_norm=(0.0, None), row_tokens=(16, None), save_steps=(1, None), poll_seconds=(0.0, None),
+                   weight_decay=(0.0, None), max_grad_norm=(0.0, None), row_tokens=(16, None), micro_tokens=(0, None), save_steps=(1, None), poll_seconds=(0.0, None),
                    eval_items=(0, None))
 
 SCORINGS = ('logprobs', 'generate', 'compat')

@@ -15,9 +15,10 @@ from .config import atomic_write_json, read_jsonl, seed_of, sha256_json, write_j
 from .seeds import sft_record, write_chat_jsonl
 
 # %% auto #0
-__all__ = ['load_augmented', 'lineages', 'split_augmented', 'write_split', 'nested_subset', 'variant_questions',
-           'culture_samples', 'one_samples', 'write_sets', 'train_device', 'PackedCollator', 'warmup_steps',
-           'total_steps', 'load_base', 'training_key', 'train_lora', 'answer_suffix', 'answer_items', 'agreement',
+__all__ = ['DROPOUT_RNG', 'load_augmented', 'lineages', 'split_augmented', 'write_split', 'nested_subset', 'variant_questions',
+           'culture_samples', 'one_samples', 'write_sets', 'train_device', 'PackedCollator', 'split_packed',
+           'bits_dropout', 'use_bits_dropout', 'warmup_steps', 'total_steps', 'load_base', 'take_base',
+           'release_memory', 'training_key', 'train_lora', 'answer_suffix', 'answer_items', 'agreement',
            'agreement_table']
 
 # %% ../nbs/02_finetune.ipynb #f008
@@ -153,9 +154,9 @@ def train_device(precision:str='auto', quantize:str='none') -> dict:
 
 # %% ../nbs/02_finetune.ipynb #f016
 class PackedCollator:
-    "TRL-tokenized samples (input_ids, labels) into packed rows: no padding but a row's tail, prompt prefixes shared by samples run once, targets only at answer tokens."
-    def __init__(self, pad_id:int, row_tokens:int=256, min_prefix:int=8):
-        self.pad_id, self.row_tokens, self.min_prefix = pad_id, row_tokens, min_prefix
+    "TRL-tokenized samples (input_ids, labels) into packed rows: no padding but a row's tail, prompt prefixes shared by samples run once, targets only at answer tokens; rows grouped into parts of at most `micro_tokens` tokens."
+    def __init__(self, pad_id:int, row_tokens:int=256, min_prefix:int=8, micro_tokens:int=0):
+        self.pad_id, self.row_tokens, self.min_prefix, self.micro_tokens = pad_id, row_tokens, min_prefix, micro_tokens
     def __call__(self, examples:list) -> dict:
         import torch
         from culturellm.llm import pack_rows, packed_layout
@@ -167,16 +168,83 @@ class PackedCollator:
         rows = [r for b in pack_rows(enc, self.row_tokens, 10 ** 12, self.min_prefix) for r in b]
         L = packed_layout(enc, rows, self.pad_id)
         sel = torch.tensor(L['sel'], dtype=torch.long).reshape(-1, 2)
+        per = max(1, self.micro_tokens // L['ids'].shape[1]) if self.micro_tokens else len(rows)   # rows per part
         return dict(input_ids=L['ids'], position_ids=L['pos'], attention_mask=L['allowed'][:, None],
                     sel_row=sel[:, 0], sel_col=sel[:, 1], targets=torch.tensor(L['tgt'], dtype=torch.long),
-                    n_tokens=torch.tensor(sum(len(c) + len(o[0]) for c, o in enc)))
+                    row_n=torch.tensor([sum(len(enc[i][0]) + len(enc[i][1][0]) for _, idx in r for i in idx) for r in rows]),
+                    part=torch.arange(len(rows)) // per)
+
+def split_packed(batch:dict) -> list:
+    "A `PackedCollator` batch as its parts: each part's rows, and the targets predicted in them (row numbers renumbered)."
+    import torch
+    parts = batch['part'].unique()
+    if len(parts) == 1: return [batch]
+    out = []
+    for p in parts.tolist():
+        rows = (batch['part'] == p).nonzero().flatten()
+        keep = torch.isin(batch['sel_row'], rows)
+        new_row = torch.full((len(batch['part']),), -1, dtype=torch.long, device=rows.device); new_row[rows] = torch.arange(len(rows), device=rows.device)
+        out.append(dict({k: batch[k][rows] for k in ('input_ids', 'position_ids', 'attention_mask', 'row_n', 'part')},
+                        sel_row=new_row[batch['sel_row'][keep]], sel_col=batch['sel_col'][keep], targets=batch['targets'][keep]))
+    return out
+
+# %% ../nbs/02_finetune.ipynb #f018b
+DROPOUT_RNG = 'bits16'    # how LoRA dropout masks are drawn (`bits_dropout`); part of every training key
+
+def bits_dropout(x,                  # a tensor
+                 p:float,            # drop probability (rounded to a multiple of 1/65536)
+                 training:bool=True, # False: `x` unchanged
+                ):
+    "Dropout whose mask comes from 16 random bits per element (four per 64-bit draw): kept values scaled by one over the keep probability."
+    import torch
+    if not training or p <= 0: return x
+    if p >= 1: return torch.zeros_like(x)
+    cut = round(p * 65536)                                              # drop where the 16 bits, as 0..65535, fall below it
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, 2 ** 63 - 1)
+    keep = bits.view(torch.int16)[:n].view(x.shape) >= cut - 32768     # int16 holds the bits as -32768..32767
+    return torch.where(keep, x * (65536 / (65536 - cut)), 0)
+
+def _bits_dropout_class():
+    import torch
+    global _BitsDropout
+    if '_BitsDropout' not in globals():
+        class _BitsDropout(torch.nn.Dropout):
+            "`torch.nn.Dropout` drawing its mask with `bits_dropout`."
+            def forward(self, x): return bits_dropout(x, self.p, self.training)
+    return _BitsDropout
+
+def use_bits_dropout(model) -> int:
+    "Put `bits_dropout` in place of every LoRA layer's `nn.Dropout` in `model`; returns how many were replaced."
+    import torch
+    cls, n = _bits_dropout_class(), 0
+    for m in model.modules():
+        drops = getattr(m, 'lora_dropout', None)
+        if not isinstance(drops, torch.nn.ModuleDict): continue
+        for k, d in list(drops.items()):
+            if type(d) is torch.nn.Dropout and d.p > 0: drops[k] = cls(d.p); n += 1
+    return n
 
 # %% ../nbs/02_finetune.ipynb #f018
 def _trainer_class():
-    "SFTTrainer whose loss reads packed batches from `PackedCollator` (and is TRL's own for any other batch)."
-    import torch
+    "SFTTrainer whose loss reads packed batches from `PackedCollator` (and is TRL's own for any other batch), its LoRA dropout `bits_dropout`."
+    import contextlib, torch
     from trl import SFTTrainer
     class PackedSFTTrainer(SFTTrainer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            use_bits_dropout(self.model)                                  # LoRA dropout masks from `bits_dropout`
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            "A packed batch in parts (`PackedCollator.micro_tokens`): each part's loss weighted by its share of the targets, gradients summed — the same step in less memory."
+            parts = split_packed(inputs) if 'part' in inputs else [inputs]
+            if len(parts) == 1: return super().training_step(model, inputs, num_items_in_batch)
+            total, loss = len(inputs['targets']), 0
+            for k, p in enumerate(parts):
+                self._loss_scale = len(p['targets']) / total
+                with (self.accelerator.no_sync(model) if k < len(parts) - 1 else contextlib.nullcontext()):   # several GPUs: one gradient sync per step
+                    loss = loss + super().training_step(model, p, num_items_in_batch)
+            self._loss_scale = 1.0
+            return loss
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if 'sel_row' not in inputs: return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             dt = next(p for p in model.parameters() if p.is_floating_point()).dtype
@@ -187,11 +255,11 @@ def _trainer_class():
             out = model(input_ids=inputs['input_ids'], attention_mask=mask, position_ids=inputs['position_ids'],
                         logits_to_keep=cols, use_cache=False)
             logits = out.logits[inputs['sel_row'], where].float()
-            loss = torch.nn.functional.cross_entropy(logits, inputs['targets'])
+            loss = torch.nn.functional.cross_entropy(logits, inputs['targets']) * getattr(self, '_loss_scale', 1.0)
             mode = 'train' if model.training else 'eval'
             self._metrics[mode]['mean_token_accuracy'].append((logits.argmax(-1) == inputs['targets']).float().mean().item())
             if mode == 'train':
-                self._total_train_tokens += int(inputs['n_tokens']); self._metrics[mode]['num_tokens'] = [self._total_train_tokens]
+                self._total_train_tokens += int(inputs['row_n'].sum()); self._metrics[mode]['num_tokens'] = [self._total_train_tokens]
             return (loss, out) if return_outputs else loss
     return PackedSFTTrainer
 
@@ -246,6 +314,37 @@ def load_base(model:str,                # a model name, HF id or folder
         m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=checkpointing)
     return m, tok, ident
 
+_BASE = {}   # {(model, device) key: (model, tokenizer, identity)}: the base of the last `train_lora`, its LoRA layers removed
+
+def take_base(model:str,                # a model name, HF id or folder
+              dev:dict,                 # from `train_device`
+              checkpointing:bool=False, # activation checkpointing
+             ) -> tuple:
+    "(key, model, tokenizer, identity): the base the last `train_lora` gave back if it is the same, else a fresh `load_base`; key None where it cannot be given back (4-bit)."
+    key = None if dev['quantize_4bit'] else json.dumps([model, dev, checkpointing], sort_keys=True, default=str)
+    got = _BASE.pop(key, None) if key else None     # taken out: a run that fails midway leaves no half-adapted model behind
+    _BASE.clear()                                   # one base kept at most
+    if got is None:
+        got = load_base(model, dev, checkpointing)
+        _freeze_heap()
+    return (key, *got)
+
+def _freeze_heap():
+    "Once per process: the objects alive now (modules, the base model) are left out of later garbage collections — accelerate collects at every training start, and scanning them took a quarter of a second each time."
+    import gc
+    global _FROZEN
+    if not globals().get('_FROZEN'): gc.collect(); gc.freeze(); _FROZEN = True
+
+def release_memory():
+    "Give freed memory back to the system: glibc's free heap pages (malloc_trim; a training's activations fragment the heap) and CUDA's cache."
+    import ctypes, sys
+    if sys.platform.startswith('linux'):
+        try: ctypes.CDLL('libc.so.6').malloc_trim(0)
+        except (OSError, AttributeError): pass
+    if 'torch' in sys.modules:
+        import torch
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
+
 def training_key(F,                     # a `FinetuneConfig`
                  records:list,          # the training samples
                  seed:int=0,            # training seed
@@ -260,7 +359,8 @@ def training_key(F,                     # a `FinetuneConfig`
                grad_accum=F.grad_accum, scheduler=F.scheduler, warmup_ratio=F.warmup_ratio,
                warmup_steps=warmup_steps(F.warmup_ratio, total_steps(F, len(records), max_steps)),
                weight_decay=F.weight_decay, max_grad_norm=F.max_grad_norm, optim=F.optim, precision=F.precision,
-               quantize=F.quantize, collator=collator, row_tokens=F.row_tokens, checkpointing=F.checkpointing, seed=seed)
+               quantize=F.quantize, collator=collator, row_tokens=F.row_tokens, micro_tokens=F.micro_tokens, checkpointing=F.checkpointing, seed=seed,
+               dropout_rng=DROPOUT_RNG)
     decides = {k: v for k, v in cfg.items() if k != 'warmup_ratio'}   # the whole warmup steps it gives decide, not the ratio
     return cfg, data_hash, sha256_json(dict(decides, data=data_hash))
 
@@ -284,13 +384,13 @@ def train_lora(F,                       # a `FinetuneConfig`
         if info.get('key') == key: return dict(info, reused=True)
     dev = train_device(F.precision, F.quantize)
     if dev['note']: print(dev['note'])
-    model, tok, ident = load_base(F.model, dev, F.checkpointing)
+    held, model, tok, ident = take_base(F.model, dev, F.checkpointing)
     ds = Dataset.from_list([{'prompt': r['messages'][:-1], 'completion': r['messages'][-1:]} if 'messages' in r
                             else {'prompt': r['prompt'], 'completion': r['completion']} for r in records])   # plain: no chat template
     ck = out.parent / f'.{out.name}.checkpoints' / key[:12]
     args = _sft_args(F, ck, dev, seed, progress, max_steps, len(records))
     lora = LoraConfig(r=F.r, lora_alpha=F.alpha, lora_dropout=F.dropout, target_modules=list(F.target_modules), bias='none', task_type='CAUSAL_LM')
-    kw = dict(data_collator=PackedCollator(tok.pad_token_id, F.row_tokens)) if collator == 'packed' else {}
+    kw = dict(data_collator=PackedCollator(tok.pad_token_id, F.row_tokens, micro_tokens=F.micro_tokens)) if collator == 'packed' else {}
     trainer = _trainer_class()(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora, callbacks=callbacks, **kw)
     resume = any(ck.glob('checkpoint-*'))
     t0 = time.time()
@@ -307,6 +407,9 @@ def train_lora(F,                       # a `FinetuneConfig`
     if out.exists(): shutil.rmtree(out)
     os.replace(tmp, out)
     shutil.rmtree(ck, ignore_errors=True)
+    if held: _BASE[held] = (trainer.model.unload().eval(), tok, ident)   # LoRA layers out: the base as loaded, for the next run
+    del trainer, model
+    release_memory()
     return info
 
 # %% ../nbs/02_finetune.ipynb #f022

@@ -14,11 +14,12 @@ import numpy as np
 from .config import atomic_write_json, atomic_write_text, seed_of, sha256_file, sha256_json
 
 # %% auto #0
-__all__ = ['NORMALISATIONS', 'Prompt', 'DEFAULT_LM', 'DEFAULT_EMBEDDER', 'TINY_LM', 'cpu_has_bf16', 'pick_device', 'pick_dtype',
-           'default_cache_dir', 'CallCache', 'cached_map', 'record_usage', 'OptionScores', 'Capabilities', 'Backend',
-           'smollm2_gguf', 'convert_gguf', 'resolve_model', 'tiny_model', 'LocalLM', 'check_item', 'prefix_groups',
-           'packed_tokens', 'pack_rows', 'packed_layout', 'score_options', 'naive_option_logprobs', 'row_seed',
-           'generate', 'embedder_path', 'embed', 'Embedder', 'load_adapter', 'set_adapter', 'unload_adapter']
+__all__ = ['NORMALISATIONS', 'Prompt', 'DEFAULT_LM', 'DEFAULT_EMBEDDER', 'TINY_LM', 'GEN_MIN_PREFIX', 'cpu_has_bf16',
+           'pick_device', 'pick_dtype', 'default_cache_dir', 'CallCache', 'cached_map', 'record_usage', 'OptionScores',
+           'Capabilities', 'Backend', 'smollm2_gguf', 'convert_gguf', 'resolve_model', 'tiny_model', 'LocalLM',
+           'check_item', 'prefix_groups', 'packed_tokens', 'pack_rows', 'packed_layout', 'score_options',
+           'naive_option_logprobs', 'row_seed', 'shared_prefix', 'generate', 'embedder_path', 'embed', 'Embedder',
+           'load_adapter', 'set_adapter', 'unload_adapter']
 
 # %% ../nbs/00a_llm.ipynb #c007
 def cpu_has_bf16() -> bool:
@@ -502,6 +503,17 @@ def _row_sampler(gens:list, temperature:float):
             return out                                                   # greedy search then takes the drawn token
     return RowSampler()
 
+GEN_MIN_PREFIX = 16   # a batch's prompts share at least this many leading tokens: `generate` runs them once
+
+def shared_prefix(ids:list,          # token id lists
+                  min_len:int=16,    # shorter shared prefixes count as none
+                 ) -> int:
+    "How many leading tokens all of `ids` share (at most the shortest's length less one: every row keeps a token of its own); 0 if fewer than `min_len` or only one row."
+    if len(ids) < 2: return 0
+    k, top = 0, min(map(len, ids)) - 1
+    while k < top and all(x[k] == ids[0][k] for x in ids): k += 1
+    return k if k >= min_len else 0
+
 def generate(self, prompts:list,            # strings or chat-message lists
              n:int=1,                       # samples per prompt
              temperature:float=0.0,         # 0 = greedy
@@ -519,17 +531,29 @@ def generate(self, prompts:list,            # strings or chat-message lists
     if temperature > 0: params['sampler'] = 'row-seeded'
     bs = batch_size or (16 if self.device == 'cpu' else 64)
     def run(rows):                                                      # rows: (text, sample number)
-        enc = self.tok([t for t, _ in rows], return_tensors='pt', padding=True, padding_side='left', add_special_tokens=False).to(self.device)
+        ids = [self.tok(t, add_special_tokens=False).input_ids for t, _ in rows]
+        L, pad, K = max(map(len, ids)), self.tok.pad_token_id, shared_prefix(ids, min_len=GEN_MIN_PREFIX)
         kw = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
         if temperature > 0:
             gens = [torch.Generator(device=self.device).manual_seed(row_seed(seed, t, k)) for t, k in rows]
             kw['logits_processor'] = LogitsProcessorList([_row_sampler(gens, temperature)])
+        # [shared prefix][pads][own suffix]: the prefix runs once, its cache copied to every row; positions follow the
+        # attention mask, so pads in the middle change nothing (K = 0: plain left padding)
+        full = [x[:K] + [pad] * (L - len(x)) + x[K:] for x in ids]
+        mask = [[1] * K + [0] * (L - len(x)) + [1] * (len(x) - K) for x in ids]
+        enc = dict(input_ids=torch.tensor(full, device=self.device), attention_mask=torch.tensor(mask, device=self.device))
         with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=self.tok.pad_token_id, **kw)
-        new = out[:, enc['input_ids'].shape[1]:]
+            if K:
+                import inspect
+                from transformers import DynamicCache
+                name = 'cache' if 'cache' in inspect.signature(self.model.forward).parameters else 'past_key_values'   # renamed in transformers 5.x
+                kw[name] = getattr(self.model(input_ids=enc['input_ids'][:1, :K], use_cache=True, **{name: DynamicCache()}), name)
+                kw[name].batch_repeat_interleave(len(rows))
+            out = self.model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=pad, **kw)
+        new = out[:, L:]
         self.calls += 1
-        return [(_cut(self.tok.decode(r, skip_special_tokens=True), stop), int(m.sum()), int((r != self.tok.pad_token_id).sum()))
-                for r, m in zip(new, enc['attention_mask'])]
+        return [(_cut(self.tok.decode(r, skip_special_tokens=True), stop), len(x), int((r != pad).sum()))
+                for r, x in zip(new, ids)]
     def compute(todo):
         rows = [(t, k) for t in todo for k in range(n)]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))   # similar lengths together: little padding

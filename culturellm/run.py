@@ -141,7 +141,7 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
         while True:                          # wait4: the exit status and the peak memory of the process and its reaped children
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
             if pid: rc = proc.returncode = os.waitstatus_to_exitcode(status); break
-            time.sleep(0.5)
+            time.sleep(0.1)
             if on_progress and (line := last_progress(err_log)): on_progress(line)
     secs = round(time.time() - t, 2)
     peak = round(ru.ru_maxrss / (1024 * 1024 if sys.platform == 'darwin' else 1024), 1)   # MiB: Linux counts KiB, macOS bytes

@@ -163,3 +163,40 @@ def test_heldout_split_by_lineage_on_real_augment_output():
     old = [r for r in aug['a'] + aug['b'] if _unit_hash('holdout', 0, r['q_id'], r['text']) < 0.2]
     old_train = {key(r) for r in aug['a'] + aug['b'] if _unit_hash('holdout', 0, r['q_id'], r['text']) >= 0.2}
     assert (len(old), sum(key(r) in old_train for r in old)) == (19, 5)
+
+
+def test_a_reused_base_gives_the_same_adapter(tmp_path):
+    """`train_lora` gives its base model back with the LoRA layers removed and the next run trains on it: that run's
+    adapter equals one trained on a freshly loaded base, and the base given back is the base as loaded."""
+    from safetensors.torch import load_file
+    import culturellm.finetune as ft
+    recs = samples()[:16]
+    F = smoke(max_steps=3, dropout=0.1, precision='fp32')
+    ft._BASE.clear()
+    train_lora(F, recs, tmp_path / 'first', seed=1)
+    assert len(ft._BASE) == 1
+    (base, _, _), = ft._BASE.values()
+    assert not any('lora' in n for n, _ in base.named_parameters()) and not base.training
+    fresh, _, _ = load_base(F.model, train_device('fp32'))
+    assert all(torch.equal(p, q) for p, q in zip(base.state_dict().values(), fresh.state_dict().values()))
+    reused = train_lora(F, recs[:12], tmp_path / 'reused', seed=2)
+    ft._BASE.clear()
+    alone = train_lora(F, recs[:12], tmp_path / 'alone', seed=2)
+    a, b = (load_file(tmp_path / d / 'adapter_model.safetensors') for d in ('reused', 'alone'))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [x['loss'] for x in reused['losses']] == [x['loss'] for x in alone['losses']]
+
+
+def test_a_step_in_parts_is_the_same_step(tmp_path):
+    """With `micro_tokens` a step's packed rows run in parts (each part's loss weighted by its share of the answer
+    tokens, gradients summed): the adapter and the losses are those of the whole step, up to float rounding."""
+    from safetensors.torch import load_file
+    recs = samples()[:24]
+    runs = {}
+    for micro in (0, 64):
+        F = smoke(max_steps=3, batch_size=8, dropout=0.0, precision='fp32', row_tokens=64, micro_tokens=micro)
+        runs[micro] = train_lora(F, recs, tmp_path / f'm{micro}', seed=4)
+    a, b = (load_file(tmp_path / f'm{m}' / 'adapter_model.safetensors') for m in (0, 64))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)   # Adam's steps: rounding-level differences (weights ~0.1)
+    assert [x['loss'] for x in runs[64]['losses']] == pytest.approx([x['loss'] for x in runs[0]['losses']], abs=1e-5)
+    assert runs[64]['tokens'] == runs[0]['tokens']
