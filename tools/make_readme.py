@@ -6,7 +6,8 @@ script keeps the same contract: the notebook is the source, README.md is generat
 Measured figures are never typed: the notebook marks each one as `<!--fact:NAME-->value<!--/fact-->` (the markers are
 invisible on the docs site) and this script fills the value from the files that measured it — benchmarks/results/
 finetune.json and scoring.json (the benchmarks), main_job.json, smoke_run.json and tests.json (`tools/record.py`).
-It rewrites the notebook's values, then the README; --check fails if either is out of date.
+It rewrites the values in every notebook under nbs/ (the chapters' 'What came out' quote the main job this way),
+then the README; --check fails if any is out of date.
 """
 import json, re, sys
 from pathlib import Path
@@ -39,6 +40,7 @@ def facts(results: Path = RESULTS) -> dict:
     for name, key in (('main_job', 'main'), ('smoke_run', 'smoke')):
         if name in R: _run_facts(F, key, R[name])
     if 'main_job' in R:
+        F.update({f'study.{k}': v for k, v in R['main_job'].get('study', {}).items()})
         m = R['main_job']['machine']
         F['machine'] = f"{m['cores']}-core {m['processor']}" + (' with AVX-512 BF16' if 'avx512_bf16' in m['cpu_flags'] else '')
     if 'tests' in R:
@@ -104,12 +106,15 @@ def render(nb_path: Path = REPO / 'nbs' / 'index.ipynb') -> str:
 
 
 if __name__ == '__main__':
-    nb_path, F = REPO / 'nbs' / 'index.ipynb', facts()
+    F, nbs = facts(), sorted((REPO / 'nbs').glob('*.ipynb'))        # every notebook may quote measured figures
     if '--check' in sys.argv:
-        nb = nbformat.read(nb_path, as_version=4)
-        stale = [c.source for c in nb.cells if c.cell_type == 'markdown' and fill(c.source, F, nb_path.name) != c.source]
-        if stale: sys.exit("FAIL: nbs/index.ipynb states figures that benchmarks/results no longer holds; run: python tools/make_readme.py")
-    elif fill_notebook(nb_path, F): print(f'filled the figures in {nb_path.relative_to(REPO)}')
+        for p in nbs:
+            nb = nbformat.read(p, as_version=4)
+            if any(c.cell_type == 'markdown' and fill(c.source, F, p.name) != c.source for c in nb.cells):
+                sys.exit(f"FAIL: nbs/{p.name} states figures that benchmarks/results no longer holds; run: python tools/make_readme.py")
+    else:
+        for p in nbs:
+            if fill_notebook(p, F): print(f'filled the figures in {p.relative_to(REPO)}')
     text, readme = render(), REPO / 'README.md'
     if '--check' in sys.argv:
         if not readme.exists() or readme.read_text() != text:

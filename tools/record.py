@@ -65,11 +65,89 @@ def summarise_run(manifest: dict) -> dict:
                 task_seconds=sum(s['seconds'] for s in stages.values()))
 
 
+def _ci(v, lo, hi, sign=False) -> str:
+    f = (lambda x: f'{x:+.2f}'.replace('-', '−')) if sign else (lambda x: f'{x:.2f}')
+    return f'{f(v)} [{f(lo)}, {f(hi)}]'.replace('[+', '[').replace(', +', ', ')
+
+
+def study_figures(run: Path) -> dict:
+    "The figures the README quotes from a cpu run's results files (each a short text), computed, not typed."
+    import pandas as pd
+    R, out = run / 'results', {}
+    def csv(name): return pd.read_csv(R / name) if (R / name).exists() else None
+    q = csv('augment_quality.csv')
+    if q is not None:
+        q = q.set_index(q.columns[0])
+        out['augment.kept'] = f"{int(q.loc['ours', 'records'])} questions over {int(q.loc['ours', 'seeds'])} seeds"
+        out['augment.sim'] = f"{q.loc['ours', 'sim_seed_mean']:.2f}"
+        if 'original release' in q.index: out['augment.sim_release'] = f"{q.loc['original release', 'sim_seed_mean']:.2f}"
+        if 'anchor: identical' in q.index:
+            out['augment.judge'] = f"{q.loc['anchor: identical', 'judge_expected']:.2f} vs {q.loc['anchor: unrelated', 'judge_expected']:.2f}"
+    for f in sorted(R.glob('finetune_agreement_*.json')):
+        for r in json.loads(f.read_text()):
+            if r['split'] != 'held-out' or r['model'] == 'base': continue
+            key = f"finetune.{r['culture']}.{'one' if r['model'] == 'One' else 'tuned'}"
+            out[key] = _ci(r['diff'], r['diff_low'], r['diff_high'], sign=True)
+            out[f"finetune.{r['culture']}.heldout"] = f"{r['n']} held-out wordings of {r['questions']} seed questions"
+    sc = csv('scores.csv')
+    if sc is not None:
+        f1 = sc[(sc.metric == 'macro_f1') & ~sc.task.str.startswith('WVS')]
+        beat = f1.groupby(['culture', 'task']).apply(lambda g: bool((g.value > g.majority_baseline).any()), include_groups=False)
+        out['evaluate.tasks'] = f'{int((~beat).sum())} of {len(beat)}'
+        w = sc[(sc.metric == 'wvs_1-jsd') & (sc.task == 'WVS: held-out paraphrases') & (sc.culture == 'arabic')].set_index('model').value
+        for m, k in (('base', 'base'), ('arabic', 'tuned'), ('One', 'one'), ('all-countries average', 'average'), ('uniform', 'uniform')):
+            if m in w: out[f'evaluate.arabic_heldout.{k}'] = f'{w[m]:.2f}'
+    for c in ('arabic', 'english', 'one'):
+        a = csv(f'ablation_summary_{c}.csv')
+        if a is None: continue
+        m = a.pivot_table(index='setting', columns='measure', values='mean')
+        al = m['wvs_alignment']
+        out[f'ablation.{c}.base'] = f"{al['base']:.2f}"
+        for s in ('wvs', 'wvs_a', 'wvs_ab', 'wvs_local_en', 'wvs_local'):
+            if s in al: out[f'ablation.{c}.{s}'] = f'{al[s]:.2f}'
+        tuned = [al[s] for s in ('wvs', 'wvs_a', 'wvs_ab') if s in al]
+        out[f'ablation.{c}.range'] = f'{min(tuned):.2f}–{max(tuned):.2f}'
+        f1 = m['macro_f1']
+        out[f'ablation.{c}.f1_base'] = f"{f1['base']:.2f}"
+        out[f'ablation.{c}.f1_range'] = f"{min(f1[s] for s in ('wvs', 'wvs_a', 'wvs_ab')):.2f}–{max(f1[s] for s in ('wvs', 'wvs_a', 'wvs_ab')):.2f}"
+        sd = a.pivot_table(index='setting', columns='measure', values='sd')['wvs_alignment']
+        out[f'ablation.{c}.variants'] = ' / '.join(f'{al[s]:.2f} ± {sd[s]:.2f}' for s in ('wvs', 'wvs_a', 'wvs_ab'))
+        if 'wvs_local' in al: out[f'ablation.{c}.local_sd'] = f"{al['wvs_local_en']:.2f} ± {sd['wvs_local_en']:.2f} vs {al['wvs_local']:.2f} ± {sd['wvs_local']:.2f}"
+        if 'agreement' in m:
+            ag = m['agreement']
+            out[f'ablation.{c}.agree'] = f"{ag['base']:.2f} → {min(ag[s] for s in ('wvs', 'wvs_a', 'wvs_ab')):.2f}–{max(ag[s] for s in ('wvs', 'wvs_a', 'wvs_ab')):.2f}"
+            if 'wvs_local' in ag: out[f'ablation.{c}.local_agree'] = f"{ag['wvs_local_en']:.2f} vs {ag['wvs_local']:.2f}"
+        if 'context' in f1: out[f'ablation.{c}.f1_context'] = f"{f1['context']:.2f}"
+        w = csv(f'winrate_{c}.csv')
+        if w is not None and len(w): out[f'ablation.{c}.ties'] = f'{w.tie.mean():.0%}'
+    s = csv('scaling.csv')
+    if s is not None:
+        s = s[s.measure == 'wvs_alignment']
+        for c, g in s.groupby('culture'):
+            base = g[g.setting == 'base'].value.iloc[0]
+            t = g[g.setting != 'base'].set_index('size').value
+            out[f'scaling.{c}'] = f"{base:.2f} base → {t.iloc[0]:.2f} with the seeds alone, {t.iloc[-1]:.2f} with all {t.index[-1]} augmented questions"
+            b, tt = g[g.setting == 'base'].iloc[0], g[g.setting != 'base'].set_index('size')
+            out[f'scaling.{c}.base'] = _ci(b.value, b.lo, b.hi)
+            out[f'scaling.{c}.seeds'] = _ci(tt.value.iloc[0], tt.lo.iloc[0], tt.hi.iloc[0])
+            out[f'scaling.{c}.more'] = ' and '.join(f'{v:.2f} ({k})' for k, v in tt.value.iloc[1:].items())
+            out['scaling.sizes'] = ', '.join(map(str, tt.index))
+            out['scaling.available'] = str(tt.index[-1])
+    t = csv('gallery_translation.csv')
+    if t is not None and len(t):
+        r = t.iloc[0]
+        out['gallery.translation'] = f"round-trip {r.qe_mean:.2f}; {int(r.dropped)} of {int(r.n)} instructions dropped"
+    g = csv('gallery_geomlama_scores.csv')
+    if g is not None: out['gallery.geomlama_above_random'] = str(int((g.gap_low > 0).sum()))
+    return out
+
+
 def cmd_run(a):
     if a.from_dir:                                   # a run already made into an empty folder with an empty cache
         m = json.loads((Path(a.from_dir) / 'manifest.json').read_text())
         res = dict(profile=m['profile'], cultures=m['cultures'], data_root=bool(m.get('data_root')),
                    caches='empty call and model cache, new run folder', wall_seconds=m['wall_seconds'], **summarise_run(m))
+        if m['profile'] == 'cpu': res['study'] = study_figures(Path(a.from_dir))
         write(a.name or {'cpu': 'main_job', 'smoke': 'smoke_run'}.get(m['profile'], f"run_{m['profile']}"), res)
         return
     out = Path(tempfile.mkdtemp(prefix=f'culturellm-{a.profile}-'))
@@ -84,6 +162,7 @@ def cmd_run(a):
     m = json.loads((out / 'run' / 'manifest.json').read_text())
     res = dict(profile=a.profile, cultures=m['cultures'], data_root=bool(data_root()), caches='empty call and model cache, new run folder',
                wall_seconds=round(wall, 1), **summarise_run(m))
+    if a.profile == 'cpu': res['study'] = study_figures(out / 'run')
     write(a.name or {'cpu': 'main_job', 'smoke': 'smoke_run'}.get(a.profile, f'run_{a.profile}'), res)
     if not a.keep: shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
