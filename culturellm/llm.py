@@ -546,7 +546,8 @@ def generate(self, prompts:list,            # strings or chat-message lists
             if K:
                 import inspect
                 from transformers import DynamicCache
-                name = 'cache' if 'cache' in inspect.signature(self.model.forward).parameters else 'past_key_values'   # renamed in transformers 5.x
+                base = self.model.get_base_model() if hasattr(self.model, 'get_base_model') else self.model   # peft wraps forward as (*args, **kwargs)
+                name = 'cache' if 'cache' in inspect.signature(base.forward).parameters else 'past_key_values'   # renamed in transformers 5.x
                 kw[name] = getattr(self.model(input_ids=enc['input_ids'][:1, :K], use_cache=True, **{name: DynamicCache()}), name)
                 kw[name].batch_repeat_interleave(len(rows))
             out = self.model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=pad, **kw)

@@ -1,6 +1,6 @@
 """The `culturellm` command end to end: papermill parameter injection, the run folder, reuse on rerun,
 failure of one culture, stages not built yet, and the `answers`/`cultures`/`config` subcommands."""
-import json, os, random, shutil, subprocess, sys, time
+import json, os, random, re, shutil, subprocess, sys, time
 from pathlib import Path
 
 import nbformat
@@ -100,6 +100,26 @@ def test_finetune_stage_runs(smoke_run):
     assert one == ar + en, "One trains on the union of the cultures' sets"
     assert m['stages']['finetune/one']['inputs']['upstream'], "One depends on every culture's seeds"
     assert (out / 'figures' / 'finetune_arabic_agreement.png').exists()
+
+
+def test_the_figures_the_docs_quote_are_computed_from_a_run(smoke_run):
+    "`tools/record.py` reads the figures the README and the chapters quote from a run's results files (here the smoke run's)."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('record', Path(__file__).resolve().parents[1] / 'tools' / 'record.py')
+    rec = importlib.util.module_from_spec(spec); spec.loader.exec_module(rec)
+    out, _, _ = smoke_run
+    S = rec.study_figures(out)
+    want = {'augment.kept', 'augment.sim', 'finetune.arabic.tuned', 'finetune.arabic.heldout', 'ablation.arabic.base',
+            'ablation.arabic.variants', 'scaling.arabic', 'scaling.sizes'}
+    if (out / 'results' / 'scores.csv').exists(): want.add('evaluate.tasks')          # the downstream tasks need the data root
+    if (out / 'results' / 'gallery_translation.csv').exists(): want.add('gallery.translation')
+    assert want <= set(S), sorted(S)
+    assert re.fullmatch(r'\d+ questions over \d+ seeds', S['augment.kept'])
+    assert re.fullmatch(r'[+−]\d\.\d\d (\[[−]?\d\.\d\d, [−]?\d\.\d\d\]|\(no interval\))', S['finetune.arabic.tuned']), S['finetune.arabic.tuned']
+    assert rec._ci(0.5, float('nan'), float('nan'), sign=True) == '+0.50 (no interval)' and rec._ci(-0.2, -0.4, 0.1, sign=True) == '−0.20 [−0.40, 0.10]'
+    if 'evaluate.tasks' in want: assert re.fullmatch(r'\d+ of \d+', S['evaluate.tasks'])
+    m = rec.summarise_run(json.loads((out / 'manifest.json').read_text()))
+    assert m['tasks'] == 14 and set(m['stages']) == {'seeds', 'augment', 'finetune', 'evaluate', 'ablation', 'scaling', 'gallery', 'analysis'}
 
 
 def test_every_stage_runs_and_the_report_is_named(smoke_run):

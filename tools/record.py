@@ -66,7 +66,9 @@ def summarise_run(manifest: dict) -> dict:
 
 
 def _ci(v, lo, hi, sign=False) -> str:
+    "'+0.69 [0.31, 0.94]'; without an interval (fewer than two independent units: NaN bounds) '+0.69 (no interval)'."
     f = (lambda x: f'{x:+.2f}'.replace('-', '−')) if sign else (lambda x: f'{x:.2f}')
+    if lo != lo or hi != hi: return f'{f(v)} (no interval)'
     return f'{f(v)} [{f(lo)}, {f(hi)}]'.replace('[+', '[').replace(', +', ', ')
 
 
