@@ -203,9 +203,17 @@ def _weights_ok(d:Path) -> bool:
 def convert_gguf(gguf:Path, dest:Path) -> Path:
     "Dequantise a GGUF model with transformers and save it as a regular model folder with a checksum."
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    import torch
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    import gguf as _gguf, torch
+    opened, plain = {}, _gguf.GGUFReader
+    def shared(path, *a, **k):      # transformers opens the file three times (tokenizer, config, weights): parse it once
+        key = (str(path), a, tuple(sorted(k.items())))
+        if key not in opened: opened[key] = plain(path, *a, **k)
+        return opened[key]
+    _gguf.GGUFReader = shared
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    finally: _gguf.GGUFReader = plain
     m.hf_quantizer = None                               # dequantised: save as plain weights
     if hasattr(m.config, 'quantization_config'): del m.config.quantization_config
     tmp = dest.with_name(dest.name + f'.tmp{os.getpid()}')
