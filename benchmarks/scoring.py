@@ -207,18 +207,20 @@ def matmul_peak(dtypes=('fp32', 'bf16'), n:int=2048, repeats:int=10) -> dict:
         out[name] = 2 * n ** 3 / statistics.median(ts) / 1e9
     return out
 
-def write_results(name:str, res:dict) -> Path:
-    "benchmarks/results/<name>.json: `res` with the machine (processor, cores, CPU flags) and the package versions."
+def machine() -> dict:
+    "The processor (its model name), cores, Python and the CPU's vector flags."
     import platform
+    info = Path('/proc/cpuinfo').read_text().splitlines() if Path('/proc/cpuinfo').exists() else []
+    field = lambda key: next((l.split(':', 1)[1].strip() for l in info if l.startswith(key)), '')
+    return dict(processor=field('model name') or platform.processor() or platform.machine(), cores=os.cpu_count(),
+                python=platform.python_version(), cpu_flags=[f for f in field('flags').split() if f.startswith(('avx', 'amx', 'fma', 'sse4'))])
+
+def write_results(name:str, res:dict) -> Path:
+    "benchmarks/results/<name>.json: `res` with the machine (`machine`), the package versions and the date."
     from culturellm.run import package_versions
-    flags = []
-    try: flags = next(l.split(':', 1)[1].split() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('flags'))
-    except (OSError, StopIteration): pass
-    machine = dict(processor=platform.processor() or platform.machine(), cores=os.cpu_count(), python=platform.python_version(),
-                   cpu_flags=[f for f in flags if f.startswith(('avx', 'amx', 'fma', 'sse4'))])
     p = Path(__file__).resolve().parent / 'results' / f'{name}.json'
     p.parent.mkdir(exist_ok=True)
-    p.write_text(json.dumps(dict(res, machine=machine, versions=package_versions(), when=time.strftime('%Y-%m-%d')), indent=1, default=str) + '\n')
+    p.write_text(json.dumps(dict(res, machine=machine(), versions=package_versions(), when=time.strftime('%Y-%m-%d')), indent=1, default=str) + '\n')
     return p
 
 def _g(x:float, d:int=4) -> str: return f'{x:.{d}g}'

@@ -5,7 +5,7 @@
 # %% ../nbs/02_finetune.ipynb #f002
 from __future__ import annotations
 
-import json, math, os, shutil, time
+import functools, json, math, os, shutil, time
 from pathlib import Path
 
 import numpy as np
@@ -205,14 +205,13 @@ def bits_dropout(x,                  # a tensor
     keep = bits.view(torch.int16)[:n].view(x.shape) >= cut - 32768     # int16 holds the bits as -32768..32767
     return torch.where(keep, x * (65536 / (65536 - cut)), 0)
 
+@functools.cache
 def _bits_dropout_class():
+    "`torch.nn.Dropout` drawing its mask with `bits_dropout` (made on first use: torch is imported lazily)."
     import torch
-    global _BitsDropout
-    if '_BitsDropout' not in globals():
-        class _BitsDropout(torch.nn.Dropout):
-            "`torch.nn.Dropout` drawing its mask with `bits_dropout`."
-            def forward(self, x): return bits_dropout(x, self.p, self.training)
-    return _BitsDropout
+    class BitsDropout(torch.nn.Dropout):
+        def forward(self, x): return bits_dropout(x, self.p, self.training)
+    return BitsDropout
 
 def use_bits_dropout(model) -> int:
     "Put `bits_dropout` in place of every LoRA layer's `nn.Dropout` in `model`; returns how many were replaced."

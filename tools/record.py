@@ -14,27 +14,21 @@ the machine's), and records its wall time and pytest's counts. The study data co
 """
 from __future__ import annotations
 
-import argparse, json, os, platform, re, shutil, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / 'benchmarks' / 'results'
 
 
-def machine() -> dict:
-    "Processor, cores and the CPU's vector flags."
-    flags = []
-    try: flags = next(l.split(':', 1)[1].split() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('flags'))
-    except (OSError, StopIteration): pass
-    name = next((l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name')), None) \
-        if Path('/proc/cpuinfo').exists() else None
-    return dict(processor=name or platform.processor() or platform.machine(), cores=os.cpu_count(),
-                cpu_flags=[f for f in flags if f.startswith(('avx512_bf16', 'amx', 'avx512f', 'avx2'))])
+sys.path.insert(0, str(REPO / 'benchmarks'))
+from scoring import data_root as _data_root, write_results  # noqa: E402  (one rule for the data root, one results writer)
 
 
 def data_root() -> str | None:
-    d = os.environ.get('CULTURELLM_DATA') or (REPO.parent / 'shared' / 'data')
-    return str(d) if Path(d, 'culturellm').is_dir() else None
+    "The study data root (the benchmarks' and the package's rule), if it holds the data."
+    d = _data_root()
+    return str(d) if (d / 'culturellm').is_dir() else None
 
 
 def git_head() -> str:
@@ -42,9 +36,7 @@ def git_head() -> str:
 
 
 def write(name: str, res: dict) -> Path:
-    p = RESULTS / f'{name}.json'
-    p.parent.mkdir(exist_ok=True)
-    p.write_text(json.dumps(dict(res, machine=machine(), commit=git_head(), when=time.strftime('%Y-%m-%d')), indent=1) + '\n')
+    p = write_results(name, dict(res, commit=git_head()))
     print(f'wrote {p.relative_to(REPO)}')
     return p
 
@@ -144,14 +136,19 @@ def study_figures(run: Path) -> dict:
     return out
 
 
+def record_run(run: Path, wall: float, name: str | None = None) -> Path:
+    "Write a run's results file: its wall time, per-stage seconds and peak memory, and (cpu) the study figures the docs quote."
+    m = json.loads((run / 'manifest.json').read_text())
+    res = dict(profile=m['profile'], cultures=m['cultures'], data_root=bool(m.get('data_root')),
+               caches='empty call and model cache, new run folder', wall_seconds=round(wall, 1), **summarise_run(m))
+    if m['profile'] == 'cpu': res['study'] = study_figures(run)
+    return write(name or {'cpu': 'main_job', 'smoke': 'smoke_run'}.get(m['profile'], f"run_{m['profile']}"), res)
+
+
 def cmd_run(a):
     if a.from_dir:                                   # a run already made into an empty folder with an empty cache
-        m = json.loads((Path(a.from_dir) / 'manifest.json').read_text())
-        res = dict(profile=m['profile'], cultures=m['cultures'], data_root=bool(m.get('data_root')),
-                   caches='empty call and model cache, new run folder', wall_seconds=m['wall_seconds'], **summarise_run(m))
-        if m['profile'] == 'cpu': res['study'] = study_figures(Path(a.from_dir))
-        write(a.name or {'cpu': 'main_job', 'smoke': 'smoke_run'}.get(m['profile'], f"run_{m['profile']}"), res)
-        return
+        d = Path(a.from_dir)
+        record_run(d, json.loads((d / 'manifest.json').read_text())['wall_seconds'], a.name); return
     out = Path(tempfile.mkdtemp(prefix=f'culturellm-{a.profile}-'))
     cache = Path(tempfile.mkdtemp(prefix='culturellm-cache-'))
     env = dict(os.environ, CULTURELLM_CACHE=str(cache))
@@ -161,11 +158,7 @@ def cmd_run(a):
     print(' '.join(cmd), flush=True)
     t0 = time.perf_counter(); rc = subprocess.run(cmd, env=env).returncode; wall = time.perf_counter() - t0
     if rc: raise SystemExit(f'the run failed (exit {rc}); its folder: {out}')
-    m = json.loads((out / 'run' / 'manifest.json').read_text())
-    res = dict(profile=a.profile, cultures=m['cultures'], data_root=bool(data_root()), caches='empty call and model cache, new run folder',
-               wall_seconds=round(wall, 1), **summarise_run(m))
-    if a.profile == 'cpu': res['study'] = study_figures(out / 'run')
-    write(a.name or {'cpu': 'main_job', 'smoke': 'smoke_run'}.get(a.profile, f'run_{a.profile}'), res)
+    record_run(out / 'run', wall, a.name)
     if not a.keep: shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
 
