@@ -14,6 +14,7 @@ import pandas as pd
 from .config import ConfigError, atomic_write_json, atomic_write_text, read_jsonl
 from .finetune import culture_samples, one_samples, train_lora, training_key, variant_questions
 from .evaluate import alignment, encode, macro_f1_codes, question_distributions
+from .seeds import is_off_scale
 from .stats import bootstrap_ci
 
 # %% auto #0
@@ -256,9 +257,11 @@ def anchor_pairs(questions:list,   # (Question, wording) pairs
     known, same, ids = [], [], []
     for q, text in questions:
         a = answers.get(q.id)
-        if isinstance(a, str) and a.lstrip('-').isdigit(): said, num = a, int(a)
-        elif isinstance(a, (int, np.integer)) and not isinstance(a, bool): said, num = q.scale.label(int(a)), int(a)
-        else: continue
+        if a is None or isinstance(a, dict): continue                    # not asked, or a distribution: no one answer
+        if is_off_scale(a):
+            if not a.strip().lstrip('-').isdigit(): continue               # an off-scale text without a number has no far end
+            said, num = a.strip(), int(a)
+        else: said, num = q.scale.label(int(a)), int(a)
         far = max(q.scale.values, key=lambda c: abs(c - num))
         ask = f"{text} (options: {q.option})"
         known.append((ask, f"My answer: {said}.", f"My answer: {q.scale.label(far)}."))

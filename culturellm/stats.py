@@ -19,10 +19,10 @@ def _units(n:int, clusters) -> np.ndarray:
     _, first, inv = np.unique(clusters.astype(str), return_index=True, return_inverse=True)
     return np.argsort(np.argsort(first))[inv.ravel()]
 
-def _draws(n:int, clusters, n_boot:int, seed:int) -> list|None:
+def _draws(unit:np.ndarray, n_boot:int, seed:int) -> list|None:
     """Row indices of `n_boot` resamples: whole clusters drawn with replacement, every row of a drawn cluster kept (one row
     per cluster: the plain bootstrap, draw for draw). None with fewer than two units: every resample would be the data."""
-    unit = _units(n, clusters); m = int(unit.max()) + 1 if n else 0
+    n = len(unit); m = int(unit.max()) + 1 if n else 0
     if m < 2: return None
     rng = np.random.default_rng(seed)
     if m == n and (unit == np.arange(n)).all(): return list(rng.integers(0, n, size=(n_boot, n)))
@@ -41,7 +41,7 @@ def bootstrap_ci(data,                   # an array, or a tuple of arrays resamp
     n = len(data[0])
     if n == 0: return (float('nan'),) * 3
     if any(len(a) != n for a in data): raise ValueError(f"bootstrap_ci: arrays of different lengths {[len(a) for a in data]}")
-    point, draws = float(stat(*data)), _draws(n, clusters, n_boot, seed)
+    point, draws = float(stat(*data)), _draws(_units(n, clusters), n_boot, seed)
     if draws is None: return point, float('nan'), float('nan')
     boots = np.array([stat(*(a[i] for a in data)) for i in draws], dtype=float)
     lo, hi = np.nanpercentile(boots, [50 * (1 - level), 50 * (1 + level)])
@@ -60,7 +60,8 @@ def paired_bootstrap(a,                  # per-item outcomes of model A (or a tu
     n = len(a[0])
     if any(len(x) != n for x in a + b): raise ValueError("paired_bootstrap: the two models must be scored on the same items")
     if n == 0: return dict(diff=float('nan'), low=float('nan'), high=float('nan'), p=float('nan'), n=0, units=0)
-    units, draws = len(set(_units(n, clusters))), _draws(n, clusters, n_boot, seed)
+    unit = _units(n, clusters)
+    units, draws = (int(unit.max()) + 1 if n else 0), _draws(unit, n_boot, seed)
     diff = float(stat(*b) - stat(*a))
     if draws is None: return dict(diff=diff, low=float('nan'), high=float('nan'), p=float('nan'), n=n, units=units)
     d = np.array([stat(*(x[i] for x in b)) - stat(*(x[i] for x in a)) for i in draws], dtype=float)
