@@ -5,7 +5,7 @@
 # %% ../nbs/00a_llm.ipynb #c001
 from __future__ import annotations
 
-import importlib.util, json, math, os, threading, time, typing
+import contextlib, importlib.util, json, math, os, threading, time, typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +16,8 @@ from .config import atomic_write_json, atomic_write_text, seed_of, sha256_file, 
 # %% auto #0
 __all__ = ['NORMALISATIONS', 'Prompt', 'DEFAULT_LM', 'DEFAULT_EMBEDDER', 'TINY_LM', 'GEN_MIN_PREFIX', 'cpu_has_bf16',
            'pick_device', 'pick_dtype', 'default_cache_dir', 'CallCache', 'cached_map', 'record_usage', 'OptionScores',
-           'Capabilities', 'Backend', 'smollm2_gguf', 'convert_gguf', 'resolve_model', 'tiny_model', 'LocalLM',
-           'check_item', 'prefix_groups', 'packed_tokens', 'pack_rows', 'packed_layout', 'score_options',
+           'Capabilities', 'Backend', 'smollm2_gguf', 'file_lock', 'convert_gguf', 'resolve_model', 'tiny_model',
+           'LocalLM', 'check_item', 'prefix_groups', 'packed_tokens', 'pack_rows', 'packed_layout', 'score_options',
            'naive_option_logprobs', 'row_seed', 'shared_prefix', 'generate', 'embedder_path', 'embed', 'Embedder',
            'load_adapter', 'set_adapter', 'unload_adapter']
 
@@ -200,20 +200,39 @@ def _weights_ok(d:Path) -> bool:
     if (st.st_size, st.st_mtime_ns) == (meta.get('size'), meta.get('mtime_ns')): return True
     return sha256_file(w) == meta.get('sha256')
 
+@contextlib.contextmanager
+def file_lock(path:Path):
+    "Hold an exclusive lock on `path` (created if absent) across processes: where two tasks need the same model converted, one converts and the other waits for it. A no-op where `fcntl` is missing (Windows)."
+    try: import fcntl
+    except ImportError: yield; return
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
 def convert_gguf(gguf:Path, dest:Path) -> Path:
     "Dequantise a GGUF model with transformers and save it as a regular model folder with a checksum."
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    import gguf as _gguf, torch
-    opened, plain = {}, _gguf.GGUFReader
-    def shared(path, *a, **k):      # transformers opens the file three times (tokenizer, config, weights): parse it once
+    import transformers.modeling_gguf_pytorch_utils as _mg
+    import copy, functools, gguf as _gguf, torch
+    # transformers parses the file three times (tokenizer, config, weights) and builds gguf's tensor-name map once per
+    # module (397 times for SmolLM2), which was most of the conversion's time: both done once here, for the conversion
+    opened, parsed = {}, {}
+    plain = (_gguf.GGUFReader, _gguf.get_tensor_name_map, _mg.load_gguf_checkpoint)
+    def reader(path, *a, **k):
         key = (str(path), a, tuple(sorted(k.items())))
-        if key not in opened: opened[key] = plain(path, *a, **k)
+        if key not in opened: opened[key] = plain[0](path, *a, **k)
         return opened[key]
-    _gguf.GGUFReader = shared
+    def load(path, return_tensors=False, model_to_load=None, **k):
+        if return_tensors or model_to_load is not None or k: return plain[2](path, return_tensors, model_to_load, **k)
+        if str(path) not in parsed: parsed[str(path)] = plain[2](path)
+        return copy.deepcopy(parsed[str(path)])   # the caller may change what it gets
+    _gguf.GGUFReader, _gguf.get_tensor_name_map, _mg.load_gguf_checkpoint = reader, functools.cache(plain[1]), load
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    finally: _gguf.GGUFReader = plain
+    finally: _gguf.GGUFReader, _gguf.get_tensor_name_map, _mg.load_gguf_checkpoint = plain
     m.hf_quantizer = None                               # dequantised: save as plain weights
     if hasattr(m.config, 'quantization_config'): del m.config.quantization_config
     tmp = dest.with_name(dest.name + f'.tmp{os.getpid()}')
@@ -237,7 +256,9 @@ def resolve_model(name:str=DEFAULT_LM, cache_dir:str|Path|None=None) -> tuple:
         return (str(p), {'model': str(p.resolve())}) if p.exists() else (name, {'model': name})
     gguf = smollm2_gguf()
     dest = Path(cache_dir or default_cache_dir()) / 'models' / 'SmolLM2-135M-Instruct'
-    if not _weights_ok(dest): convert_gguf(gguf, dest)
+    if not _weights_ok(dest):
+        with file_lock(dest.with_name(dest.name + '.lock')):   # a task side by side converting it too: wait, then use its result
+            if not _weights_ok(dest): convert_gguf(gguf, dest)
     meta = json.loads((dest / 'checksum.json').read_text())
     return str(dest), {'model': DEFAULT_LM, 'sha256': meta['sha256']}
 

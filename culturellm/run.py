@@ -6,22 +6,22 @@
 from __future__ import annotations
 
 import argparse, json, os, platform, re, subprocess, sys, time, datetime
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, wait, FIRST_COMPLETED
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import nbformat
-import yaml
 
 import culturellm
 from .config import (Config, ConfigError, get_config, parse_sets, config_to_dict, data_root,
                                atomic_write_json, sha256_file, sha256_json, PROFILE_NAMES, ANSWER_RULES)
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_NAMES', 'MANIFEST_PACKAGES', 'Stage', 'select_stages', 'stage_tasks', 'find_nbs', 'code_fingerprint',
-           'data_fingerprint', 'package_versions', 'git_revision', 'Task', 'notebook_error', 'execute_task',
-           'last_progress', 'run_study', 'summarise', 'main']
+__all__ = ['STAGES', 'STAGE_NAMES', 'MANIFEST_PACKAGES', 'CHECK_TAG', 'DEFAULT_JOBS', 'Stage', 'reads_culture', 'select_stages',
+           'stage_tasks', 'find_nbs', 'code_fingerprint', 'data_fingerprint', 'package_versions', 'git_revision',
+           'Task', 'notebook_error', 'execute_child', 'execute_task', 'last_progress', 'default_jobs', 'run_study',
+           'summarise', 'main']
 
 # %% ../nbs/09_run.ipynb #c007
 @dataclass(frozen=True)
@@ -31,12 +31,20 @@ class Stage:
     notebook: str   # '00_seeds.ipynb'
     per: str        # 'culture' or 'all'
     extra: tuple = ()   # further tasks of a per-culture stage: 'one' (CultureLLM-One, trained on every culture's data)
+    reads: tuple = ()   # the stages whose outputs it reads from the run folder
 
+_TUNED = ('seeds', 'augment', 'finetune')
 STAGES = [Stage('seeds', '00_seeds.ipynb', 'culture'), Stage('augment', '01_augment.ipynb', 'all'),
-          Stage('finetune', '02_finetune.ipynb', 'culture', ('one',)), Stage('evaluate', '03_evaluate.ipynb', 'culture'),
-          Stage('ablation', '04_ablation.ipynb', 'culture', ('one',)), Stage('scaling', '05_scaling.ipynb', 'all'),
-          Stage('gallery', '06_gallery.ipynb', 'all'), Stage('analysis', '07_analysis.ipynb', 'all')]
+          Stage('finetune', '02_finetune.ipynb', 'culture', ('one',), ('seeds', 'augment')),
+          Stage('evaluate', '03_evaluate.ipynb', 'culture', (), _TUNED),
+          Stage('ablation', '04_ablation.ipynb', 'culture', ('one',), _TUNED), Stage('scaling', '05_scaling.ipynb', 'all', (), _TUNED),
+          Stage('gallery', '06_gallery.ipynb', 'all'),
+          Stage('analysis', '07_analysis.ipynb', 'all', (), ('seeds', 'augment', 'finetune', 'evaluate', 'ablation', 'scaling', 'gallery'))]
 STAGE_NAMES = [s.name for s in STAGES]
+
+def reads_culture(upstream:str, culture:str) -> bool:
+    "Whether a task for `culture` reads the task of an upstream stage for `upstream` (its own culture, 'all' and 'one'; a task for 'all' or 'one' reads every culture's)."
+    return culture in ('all', 'one') or upstream in (culture, 'all', 'one')
 
 def select_stages(names) -> list:
     "The `Stage`s named (a list, a comma-separated string, or None/'all' for every stage), in study order."
@@ -117,9 +125,23 @@ def notebook_error(path:Path) -> str|None:
                 return f"cell {i}: {o.get('ename')}: {msg[0] if msg else ''}"
     return None
 
+CHECK_TAG = 'check'   # the tag of a chapter's check cells (tools/tag_checks.py)
+
+def execute_child(spec:str|None=None, # JSON: input, output, cwd, parameters, stderr_file, timeout, checks
+                 ):
+    "Execute one notebook with papermill (a task's process runs this): the check cells skipped unless `checks`."
+    import logging, papermill as pm
+    a = json.loads(spec if spec is not None else sys.argv[1])
+    logging.basicConfig(level=logging.WARNING)
+    with open(a['stderr_file'], 'w') as err:
+        pm.execute_notebook(a['input'], a['output'], parameters=a['parameters'], cwd=a['cwd'], progress_bar=False,
+                            stderr_file=err, execution_timeout=a.get('timeout'),
+                            skip_cells_with_tag='skip-execution' if a.get('checks') else CHECK_TAG)
+
 def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=None,
                  on_progress=None,   # called with the notebook's latest progress-bar line while it runs
                  threads:int|None=None, # CPU threads of the kernel's math libraries (OMP/MKL/torch); None: theirs
+                 checks:bool=False,  # also execute the chapter's check cells
                 ) -> dict:
     "Execute `task`'s notebook with papermill in a subprocess; {'status', 'seconds', 'peak_rss_mb', 'error'} (the peak, in MiB: the largest resident set of papermill and its kernel)."
     dst = task.out_nb(out); dst.parent.mkdir(parents=True, exist_ok=True)
@@ -127,11 +149,10 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
     (out / 'records' / task.stage.name / f'{task.culture}.json').unlink(missing_ok=True)  # likewise its summary record
     if task.stage.name == 'finetune': (out / 'finetune' / 'openai' / f'{task.culture}.json').unlink(missing_ok=True)   # likewise its OpenAI job record
     log = dst.with_suffix('.log')
-    cmd = [sys.executable, '-m', 'papermill', str(nbs / task.stage.notebook), str(dst), '--cwd', str(nbs),
-           '-y', yaml.safe_dump(params), '--no-progress-bar', '--log-level', 'WARNING']
-    if timeout: cmd += ['--execution-timeout', str(timeout)]
     err_log = dst.with_suffix('.stderr.log')   # the kernel's stderr as it comes: progress bars, warnings
-    cmd += ['--stderr-file', str(err_log)]
+    spec = dict(input=str(nbs / task.stage.notebook), output=str(dst), cwd=str(nbs), parameters=params,
+                stderr_file=str(err_log), timeout=timeout, checks=checks)
+    cmd = [sys.executable, '-c', 'from culturellm.run import execute_child; execute_child()', json.dumps(spec)]
     t = time.time()
     env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}   # the kernel's inline backend puts figures into the executed notebook
     env['PYTHONUNBUFFERED'] = '1'
@@ -148,7 +169,7 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
     if rc == 0: return {'status': 'ok', 'seconds': secs, 'peak_rss_mb': peak, 'error': None}
     err = notebook_error(dst) if dst.exists() else None
     if err is None:
-        tail = [l for l in log.read_text(errors='replace').splitlines() if l.strip()][-1:] or [f'papermill exited with {rc}']
+        tail = [l for l in log.read_text(errors='replace').splitlines() if l.strip()][-1:] or [f'the notebook process exited with {rc}']
         err = tail[0].strip()
     return {'status': 'failed', 'seconds': secs, 'peak_rss_mb': peak, 'error': err}
 
@@ -190,16 +211,23 @@ def _reporter(t, bar, progress:bool, every:float=30.0):
         elif time.time() - last[0] >= every: last[0] = time.time(); print(f"           … {msg}", flush=True)
     return show
 
+DEFAULT_JOBS = {'smoke': 2}   # tasks side by side when --jobs is not given (others: 1); never more than the cores
+
+def default_jobs(profile:str) -> int:
+    "Tasks run side by side by default: 2 at `smoke` (tiny models: a kernel's start and Python dominate, so two overlap well), else 1."
+    return max(1, min(DEFAULT_JOBS.get(profile, 1), os.cpu_count() or 1))
+
 def run_study(cfg:Config,                    # the resolved configuration
               out:str|Path,                  # the run folder
               stages=None,                   # stage names (None: all)
-              jobs:int=1,                    # tasks run side by side within a stage
+              jobs:int=1,                    # tasks run side by side (each waits for the tasks it reads from)
               nbs:str|Path|None=None,        # folder of the study notebooks
               force:bool=False,              # rerun even what could be reused
               progress:bool=True,            # show a progress bar and a line per task
               timeout:int|None=None,         # per-cell execution timeout in seconds
+              checks:bool=False,             # also execute the chapters' check cells (the test command does)
              ) -> dict:
-    "Execute the study into `out`; returns the manifest (also written to `out/manifest.json`)."
+    "Execute the study into `out` in stage-graph order; returns the manifest (also written to `out/manifest.json`)."
     from culturellm.seeds import load_cultures, resolve_cultures
     out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
     nbs = find_nbs(nbs); sel = select_stages(stages)
@@ -214,59 +242,73 @@ def run_study(cfg:Config,                    # the resolved configuration
     manifest = {'culturellm': culturellm.__version__, 'created': _now(), 'python': platform.python_version(),
                 'platform': platform.platform(), 'git': git_revision(), 'packages': package_versions(),
                 'profile': cfg.profile, 'seed': cfg.seed, 'cultures': cultures, 'data_root': str(root) if root else None,
-                'stages': dict(old), 'last_run': []}   # entries of stages not run this time are kept
+                'jobs': jobs, 'checks': checks, 'stages': dict(old), 'last_run': []}   # entries of stages not run this time are kept
     tasks = [Task(s, c) for s in sel for c in stage_tasks(s, cultures, cfg)]
     bar = _bar(len(tasks), progress); t0 = time.time()
     def say(msg):
         if progress: (bar.write if bar else print)(msg)
     params = dict(profile=cfg.profile, run_dir=str(out), config_file=str(out / 'config.json'))
-    for s in sel:
-        todo = []
-        for c in stage_tasks(s, cultures, cfg):
-            t = Task(s, c); nbp = nbs / s.notebook
-            rec = {'stage': s.name, 'culture': c, 'notebook': str(t.out_nb(out).relative_to(out))}
-            if not nbp.exists():
-                rec.update(status='missing', error=f"notebook {nbp.name} does not exist yet: stage {s.name!r} is not built")
-            else:
-                ups = [u for u in manifest['stages'].values() if STAGE_NAMES.index(u['stage']) < STAGE_NAMES.index(s.name)
-                       and u['culture'] in ([c, 'all', 'one'] if c not in ('all', 'one') else cultures + ['all', 'one'])]
-                failed_up = [u for u in ups if u['status'] in ('failed', 'blocked')]
-                inputs = dict(fp, notebook=sha256_file(nbp), culture=c, upstream=sorted(u['input_hash'] for u in ups if u.get('input_hash')))
-                rec.update(inputs=inputs, input_hash=sha256_json(inputs))
-                prev = old.get(t.key)
-                if failed_up:
-                    rec.update(status='blocked', error=f"upstream {failed_up[0]['stage']}/{failed_up[0]['culture']} {failed_up[0]['status']}")
-                elif not force and prev and prev.get('status') == 'ok' and prev.get('input_hash') == rec['input_hash'] and t.out_nb(out).exists():
-                    rec.update(status='ok', reused=True, seconds=prev.get('seconds'), peak_rss_mb=prev.get('peak_rss_mb'), finished=prev.get('finished'), usage=prev.get('usage'))
-                    rec.update({k: prev[k] for k in ('openai_ft', 'record') if k in prev})
-                else: todo.append((t, rec)); continue
-            manifest['stages'][t.key] = rec; manifest['last_run'].append(t.key)
-            if bar: bar.update(1)
-            if rec['status'] != 'missing' or c == stage_tasks(s, cultures, cfg)[0]:
-                say(f"  {('reused' if rec.get('reused') else rec['status']):8s} {s.name} × {c if rec['status'] != 'missing' else '*'}"
-                    + (f"  ({rec['error']})" if rec.get('error') else ''))
-        with ThreadPoolExecutor(max(1, min(jobs, len(todo) or 1))) as ex:
-            side = max(1, min(jobs, len(todo)))   # tasks side by side share the cores: each kernel gets its part
-            threads = max(1, (os.cpu_count() or 1) // side) if side > 1 else None
-            futs = {ex.submit(execute_task, t, out, nbs, dict(params, culture=t.culture), timeout, _reporter(t, bar, progress), threads): (t, rec)
-                    for t, rec in todo}
-            if bar and todo: bar.set_postfix_str(f"{s.name} × {', '.join(t.culture for t, _ in todo)}")
-            for f in as_completed(futs):
-                t, rec = futs[f]
-                try: res = f.result()
-                except Exception as e: res = {'status': 'failed', 'seconds': None, 'peak_rss_mb': None, 'error': f"{type(e).__name__}: {e}"}
-                uf = out / 'usage' / s.name / f'{t.culture}.json'   # model calls the stage recorded (llm.record_usage)
-                if uf.exists(): res['usage'] = json.loads(uf.read_text())
-                of = out / 'finetune' / 'openai' / f'{t.culture}.json'   # the OpenAI fine-tuning job it recorded (openai_ft.record_finetune)
-                if s.name == 'finetune' and of.exists(): res['openai_ft'] = json.loads(of.read_text())
-                rf = out / 'records' / s.name / f'{t.culture}.json'   # the summary a stage records (counts, timings)
-                if rf.exists(): res['record'] = json.loads(rf.read_text())
-                rec.update(res, finished=_now()); manifest['stages'][t.key] = rec; manifest['last_run'].append(t.key)
-                manifest['updated'] = _now(); atomic_write_json(mpath, manifest)
-                if bar: bar.update(1)
-                say(f"  {rec['status']:8s} {s.name} × {t.culture}  {rec['seconds']}s  [{time.time() - t0:.0f}s elapsed]"
-                    + (f"\n           {t.out_nb(out)}: {rec['error']}" if rec['error'] else ''))
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None   # tasks side by side share the cores
+    said_missing = set()
+    def finish(t, rec):
+        manifest['stages'][t.key] = rec; manifest['last_run'].append(t.key)
         manifest['updated'] = _now(); atomic_write_json(mpath, manifest)
+        if bar: bar.update(1)
+    def prepare(t) -> tuple:
+        "(the task's record, whether it runs): missing, blocked or reused records are final; the others carry the input hash."
+        s, c = t.stage, t.culture; nbp = nbs / s.notebook
+        rec = {'stage': s.name, 'culture': c, 'notebook': str(t.out_nb(out).relative_to(out))}
+        if not nbp.exists():
+            return dict(rec, status='missing', error=f"notebook {nbp.name} does not exist yet: stage {s.name!r} is not built"), False
+        ups = [u for u in manifest['stages'].values()    # the tasks it reads: this run's, or a previous run's where not run now
+               if u['stage'] in s.reads and reads_culture(u['culture'], c) and u['culture'] in cultures + ['all', 'one']]
+        failed_up = [u for u in ups if u['status'] in ('failed', 'blocked')]
+        inputs = dict(fp, notebook=sha256_file(nbp), culture=c, upstream=sorted(u['input_hash'] for u in ups if u.get('input_hash')))
+        rec.update(inputs=inputs, input_hash=sha256_json(inputs))
+        prev = old.get(t.key)
+        if failed_up:
+            return dict(rec, status='blocked', error=f"upstream {failed_up[0]['stage']}/{failed_up[0]['culture']} {failed_up[0]['status']}"), False
+        if not force and prev and prev.get('status') == 'ok' and prev.get('input_hash') == rec['input_hash'] and t.out_nb(out).exists():
+            rec.update(status='ok', reused=True, seconds=prev.get('seconds'), peak_rss_mb=prev.get('peak_rss_mb'), finished=prev.get('finished'), usage=prev.get('usage'))
+            return dict(rec, **{k: prev[k] for k in ('openai_ft', 'record') if k in prev}), False
+        return rec, True
+    def settle(t, rec):
+        "Record a task that does not run, with its line (one line for all the tasks of a stage not built yet)."
+        finish(t, rec)
+        if rec['status'] == 'missing':
+            if t.stage.name not in said_missing: say(f"  {'missing':8s} {t.stage.name} × *  ({rec['error']})")
+            said_missing.add(t.stage.name)
+        else: say(f"  {('reused' if rec.get('reused') else rec['status']):8s} {t.stage.name} × {t.culture}" + (f"  ({rec['error']})" if rec.get('error') else ''))
+    def collect(t, rec, fut):
+        try: res = fut.result()
+        except Exception as e: res = {'status': 'failed', 'seconds': None, 'peak_rss_mb': None, 'error': f"{type(e).__name__}: {e}"}
+        s = t.stage
+        uf = out / 'usage' / s.name / f'{t.culture}.json'   # model calls the stage recorded (llm.record_usage)
+        if uf.exists(): res['usage'] = json.loads(uf.read_text())
+        of = out / 'finetune' / 'openai' / f'{t.culture}.json'   # the OpenAI fine-tuning job it recorded (openai_ft.record_finetune)
+        if s.name == 'finetune' and of.exists(): res['openai_ft'] = json.loads(of.read_text())
+        rf = out / 'records' / s.name / f'{t.culture}.json'   # the summary a stage records (counts, timings)
+        if rf.exists(): res['record'] = json.loads(rf.read_text())
+        rec.update(res, finished=_now()); finish(t, rec)
+        say(f"  {rec['status']:8s} {s.name} × {t.culture}  {rec['seconds']}s  [{time.time() - t0:.0f}s elapsed]"
+            + (f"\n           {t.out_nb(out)}: {rec['error']}" if rec['error'] else ''))
+    pending, running, ready = list(tasks), {}, {}
+    with ThreadPoolExecutor(jobs) as ex:
+        while pending or running:
+            active = pending + [t for t, _ in running.values()]
+            for t in list(pending):   # in study order: the first ready tasks start first
+                if any(u is not t and u.stage.name in t.stage.reads and reads_culture(u.culture, t.culture) for u in active): continue
+                rec, run_it = ready.get(t.key) or prepare(t)   # its upstream has finished: the record no longer changes
+                if not run_it: pending.remove(t); settle(t, rec); continue
+                if len(running) >= jobs: ready[t.key] = (rec, run_it); continue
+                pending.remove(t)
+                f = ex.submit(execute_task, t, out, nbs, dict(params, culture=t.culture), timeout, _reporter(t, bar, progress), threads, checks)
+                running[f] = (t, rec)
+            if bar and running: bar.set_postfix_str(', '.join(f"{t.stage.name} × {t.culture}" for t, _ in running.values())[:100])
+            if not running: continue
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for f in done: collect(*running.pop(f), f)
+    ran = set(manifest['last_run']); manifest['last_run'] = [t.key for t in tasks if t.key in ran]   # study order
     if bar: bar.close()
     manifest['wall_seconds'] = round(time.time() - t0, 2)
     peaks = [manifest['stages'][k].get('peak_rss_mb') for k in manifest['last_run']]
@@ -300,12 +342,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--cultures', help="comma-separated culture names, or 'all' (default: the profile's)")
     r.add_argument('--stages', help=f"comma-separated stages out of {', '.join(STAGE_NAMES)} (default: all)")
     r.add_argument('--out', help='run folder (default: outputs/<profile>)')
-    r.add_argument('--jobs', type=int, default=1, help='notebooks executed side by side within a stage')
+    r.add_argument('--jobs', type=int, help='notebooks executed side by side, each once the stages it reads have finished (default: 2 at smoke, else 1)')
     r.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override a configuration key (dotted for sections)')
     r.add_argument('--config', help='YAML/JSON file of configuration overrides')
     r.add_argument('--nbs', help='folder of the study notebooks (default: the checkout\'s nbs/)')
     r.add_argument('--force', action='store_true', help='rerun stages that could be reused')
     r.add_argument('--timeout', type=int, help='per-cell timeout in seconds')
+    r.add_argument('--checks', action='store_true', help="also execute the chapters' check cells (the test command runs them)")
     c = sub.add_parser('cultures', help='list the cultures')
     c.add_argument('--json', action='store_true'); c.add_argument('--cultures-file', help='YAML/JSON file adding cultures')
     a = sub.add_parser('answers', help="print a culture's answers to the 50 WVS questions")
@@ -353,7 +396,7 @@ def _cmd_run(args):
     cfg = get_config(args.profile, parse_sets(args.set + ([f"cultures=[{args.cultures}]"] if args.cultures else [])), args.config)
     out = Path(args.out or Path('outputs') / args.profile)
     print(f"culturellm run: profile {cfg.profile}, cultures {', '.join(cfg.cultures)}, into {out}", file=sys.stderr)
-    m = run_study(cfg, out, args.stages, args.jobs, args.nbs, args.force, True, args.timeout)
+    m = run_study(cfg, out, args.stages, args.jobs if args.jobs is not None else default_jobs(cfg.profile), args.nbs, args.force, True, args.timeout, args.checks)
     lines, rc = summarise(m)
     peak = f", peak memory {m['peak_rss_mb'] / 1024:.1f} GiB (its largest task)" if m.get('peak_rss_mb') else ''
     print(f"\n{out}/manifest.json — {len(m['last_run'])} tasks in {m['wall_seconds']:.1f}s{peak}")

@@ -69,9 +69,12 @@ def test_smoke_run_folder(smoke_run):
         nb = nbformat.read(out / c / '00_seeds.ipynb', 4)
         assert nb.metadata.papermill.parameters['culture'] == c and not nb.metadata.papermill.exception
         assert (out / 'data' / 'answers' / f'{c}.json').exists()
-    assert (out / 'figures' / 'seeds_country_map.png').stat().st_size > 10_000
+    assert (out / 'figures' / 'seeds_country_map_arabic.png').stat().st_size > 10_000
     images = sum('image/png' in o.get('data', {}) for c in nb.cells for o in c.get('outputs', []))
     assert images == 3, f"the executed notebook shows its figures ({images} found)"
+    checks = [c for c in nb.cells if 'check' in c.metadata.get('tags', [])]
+    assert checks and all(c.execution_count is None and not c.outputs for c in checks)   # a study run skips the chapter's checks
+    assert any('run/' in c.source and c.execution_count for c in nb.cells if 'test_eq' in c.source)   # those of the run's own files ran
 
 
 def test_augment_stage_runs(smoke_run):
@@ -215,7 +218,7 @@ def test_own_culture_runs_alone(tmp_path):
     assert {k: v['status'] for k, v in m['stages'].items()} == {k: 'ok' for k in ('seeds/greek', 'augment/all', 'finetune/greek', 'finetune/one', 'evaluate/greek')}
     a = json.loads((out / 'data/answers/greek.json').read_text())
     assert a['countries'] == ['GRC'] and a['respondents'] == {'GRC': 40} and a['data'] == [str((tmp_path / 'greece.csv').resolve())]
-    assert (out / 'figures' / 'seeds_country_map.png').stat().st_size > 10_000
+    assert (out / 'figures' / 'seeds_country_map_greek.png').stat().st_size > 10_000
     s = pd.read_csv(out / 'results' / 'scores_greek.csv')
     f1 = s[(s.task == 'offensive_detect_gr') & (s.metric == 'macro_f1')]
     assert set(f1.model) == {'base', 'greek', 'One'} and (f1.status == 'ok').all() and (f1.n == 6).all(), f1
@@ -297,3 +300,56 @@ def test_cultures_and_config_commands():
     assert next(c for c in cs if c['name'] == 'spanish')['countries'] == ['ARG', 'MEX']
     cfg = json.loads(cli('config', '--profile', 'paper').stdout)
     assert cfg['cultures'] == ['all'] and cfg['seeds']['source'] == 'microdata'
+
+
+def _fake_nbs(folder: Path) -> Path:
+    """A notebook folder whose stage notebooks only log when they start and end (and the seeds stage fails for
+    chinese), each with a cell tagged `check` that leaves a marker: the runner's scheduling, seen from outside."""
+    from culturellm.run import STAGES
+    folder.mkdir()
+    for s in STAGES:
+        nb = nbformat.v4.new_notebook()
+        p = nbformat.v4.new_code_cell("culture = 'x'\nrun_dir = None\nprofile = 'smoke'\nconfig_file = None"); p.metadata['tags'] = ['parameters']
+        body = (f"import time, json\nfrom pathlib import Path\nlog = Path(run_dir) / 'log'; log.mkdir(exist_ok=True)\n"
+                f"(log / f'{s.name}-{{culture}}.start').write_text(repr(time.time()))\n"
+                + ("if culture == 'chinese': raise ValueError('no data for chinese')\n" if s.name == 'seeds' else '')
+                + "time.sleep(0.2)\n"
+                f"(log / f'{s.name}-{{culture}}.end').write_text(repr(time.time()))")
+        chk = nbformat.v4.new_code_cell(f"(Path(run_dir) / 'log' / f'{s.name}-{{culture}}.check').write_text('ran')"); chk.metadata['tags'] = ['check']
+        nb.cells = [p, nbformat.v4.new_code_cell(body), chk]
+        nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+        nbformat.write(nb, folder / s.notebook)
+    return folder
+
+
+def test_stage_graph_orders_and_blocks_by_what_a_stage_reads(tmp_path):
+    """Tasks start once the tasks they read have ended; a failure blocks only its readers (the gallery, which reads
+    nothing, still runs); check cells are skipped unless --checks; the summary lists tasks in study order."""
+    nbs, out = _fake_nbs(tmp_path / 'nbs'), tmp_path / 'run'
+    r = cli('run', '--profile', 'smoke', '--out', str(out), '--nbs', str(nbs), '--cultures', 'korean,chinese', '--jobs', '2')
+    assert r.returncode == 1, r.stdout + r.stderr
+    m = json.loads((out / 'manifest.json').read_text())
+    st = {k: v['status'] for k, v in m['stages'].items()}
+    assert st['seeds/chinese'] == 'failed' and st['seeds/korean'] == 'ok' and st['augment/all'] == 'ok' and st['gallery/all'] == 'ok'
+    assert st['finetune/korean'] == 'ok' and st['finetune/chinese'] == 'blocked' and st['finetune/one'] == 'blocked'
+    assert st['evaluate/korean'] == 'blocked'          # it reads finetune/one, which read the failed culture
+    assert st['scaling/all'] == 'blocked' and st['analysis/all'] == 'blocked'
+    assert m['jobs'] == 2 and m['checks'] is False
+    log = out / 'log'
+    t = lambda name: float((log / name).read_text())
+    assert t('finetune-korean.start') >= max(t('seeds-korean.end'), t('augment-all.end'))
+    assert not list(log.glob('*.check'))                 # the study run skipped every check cell
+    from culturellm.run import STAGE_NAMES
+    order = [STAGE_NAMES.index(k.split('/')[0]) for k in m['last_run']]
+    assert order == sorted(order)
+    assert m['stages']['gallery/all']['inputs']['upstream'] == []   # its input hash covers only what it reads
+    assert len(m['stages']['finetune/korean']['inputs']['upstream']) == 2   # seeds/korean and augment/all
+    r = cli('run', '--profile', 'smoke', '--out', str(out), '--nbs', str(nbs), '--cultures', 'korean', '--stages', 'seeds', '--checks', '--force')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (log / 'seeds-korean.check').read_text() == 'ran'
+
+
+def test_default_jobs_by_profile():
+    from culturellm.run import default_jobs
+    assert default_jobs('cpu') == 1 and default_jobs('paper') == 1
+    assert default_jobs('smoke') == min(2, os.cpu_count() or 1)

@@ -57,3 +57,30 @@ def test_every_marker_in_the_docs_is_a_measured_figure():
     assert len(found) > 40
     bad = [(n, k, v) for n, k, v in found if F.get(k) != v]
     assert not bad, bad[:5]
+
+
+def _nb(*cells):
+    "A notebook of code cells: (source, tags) pairs."
+    return {'cells': [{'cell_type': 'code', 'source': s, 'metadata': {'tags': list(t)} if t else {}, 'outputs': []} for s, t in cells]}
+
+
+def test_check_tags_follow_what_the_study_reads():
+    "A check cell is tagged unless a later study cell reads what it binds or changes; run-folder checks and exported cells stay."
+    tc = tool('tag_checks')
+    nb = _nb(('x = 1', ()), ('profile = "smoke"', ('parameters',)),
+             ('#| export\ndef f(a): return a + 1', ()),
+             ('test_eq(f(1), 2)', ()),                                        # 3: a check
+             ('Q = load(); test_eq(len(Q), 50)', ()),                         # 4: binds Q, which the study reads
+             ('y = f(2)\nassert y == 3\nQ2 = [q for q in Q]', ()),            # 5: binds y, read only by another check
+             ('test_eq(y, 3)', ()),                                           # 6
+             ('R = [q.id for q in Q]', ()),                                   # 7: the study (a comprehension's own q)
+             ('cfg = {}; cfg["k"] = 1; assert cfg', ()),                      # 8: cfg changed, and read below
+             ('run = "out"; print(cfg)', ()),
+             ('test_eq(open(run).read(), "")', ()),                           # 10: reads the run folder: stays
+             ('plot(toy); close()', ('check',)))                              # 11: tagged by hand, read by nobody
+    assert tc.plan(nb) == {3, 5, 6, 11}
+
+
+def test_every_notebook_is_tagged():
+    "The test command's check: no notebook's check tags are stale."
+    assert tool('tag_checks').main(['--check']) == 0
