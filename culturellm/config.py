@@ -13,12 +13,12 @@ import yaml
 
 # %% auto #0
 __all__ = ['ANSWER_RULES', 'PROMPT_STYLES', 'WVS_SOURCES', 'PROFILE_NAMES', 'AUGMENT_SOURCES', 'FINETUNE_BACKENDS',
-           'FINETUNE_VARIANTS', 'COLLATORS', 'PRECISIONS', 'QUANTIZATIONS', 'ALL_LINEAR', 'SCORINGS', 'GALLERY_NORMS',
-           'GALLERY_QE', 'FIGURE_FORMATS', 'ABLATION_VARIANTS', 'LORA_PRESETS', 'PROFILES', 'DATA_HELP', 'ConfigError',
-           'SeedsConfig', 'AugmentConfig', 'FinetuneConfig', 'EvaluateConfig', 'GalleryConfig', 'ScalingConfig',
-           'AnalysisConfig', 'AblationConfig', 'Config', 'from_dict', 'parse_sets', 'get_config', 'config_to_dict',
-           'load_config', 'data_root', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'write_jsonl',
-           'read_jsonl', 'sha256_bytes', 'sha256_file', 'seed_of', 'sha256_json']
+           'FINETUNE_VARIANTS', 'COLLATORS', 'PRECISIONS', 'QUANTIZATIONS', 'FINETUNE_TARGETS', 'ALL_LINEAR',
+           'SCORINGS', 'GALLERY_NORMS', 'GALLERY_QE', 'FIGURE_FORMATS', 'ABLATION_VARIANTS', 'LORA_PRESETS', 'PROFILES',
+           'DATA_HELP', 'ConfigError', 'SeedsConfig', 'AugmentConfig', 'FinetuneConfig', 'EvaluateConfig',
+           'GalleryConfig', 'ScalingConfig', 'AnalysisConfig', 'AblationConfig', 'Config', 'from_dict', 'parse_sets',
+           'get_config', 'config_to_dict', 'load_config', 'data_root', 'atomic_write_bytes', 'atomic_write_text',
+           'atomic_write_json', 'write_jsonl', 'read_jsonl', 'sha256_bytes', 'sha256_file', 'seed_of', 'sha256_json']
 
 # %% ../nbs/08_config.ipynb #c007
 class ConfigError(ValueError):
@@ -74,6 +74,7 @@ FINETUNE_VARIANTS = ('wvs', 'wvs_a', 'wvs_ab')
 COLLATORS = ('packed', 'trl')
 PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 QUANTIZATIONS = ('none', '4bit')
+FINETUNE_TARGETS = ('majority', 'distribution')
 ALL_LINEAR = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
 
 @dataclass
@@ -110,12 +111,19 @@ class FinetuneConfig:
     save_steps: int = 50                # checkpoint every this many steps (a killed run resumes from the last)
     eval_items: int = 200               # held-out questions scored before and after tuning per culture; 0: all
     poll_seconds: float = 30.0          # `openai`: seconds between polls of a fine-tuning job
-    _choices = dict(backend=FINETUNE_BACKENDS, variant=FINETUNE_VARIANTS, collator=COLLATORS, precision=PRECISIONS,
+    targets: list = field(default_factory=lambda: ['majority'])  # adapters per culture: majority (`<culture>`, on the seeds stage's answers) and distribution (`<culture>-dist`, on the survey's answer distributions)
+    dist_samples: int = 5               # `openai` with distribution targets: examples per question, answers drawn in proportion to the survey (chat fine-tuning takes one answer per example)
+    _choices = dict(backend=FINETUNE_BACKENDS, variant=FINETUNE_VARIANTS, collator=COLLATORS, targets=FINETUNE_TARGETS, precision=PRECISIONS,
                     quantize=QUANTIZATIONS)
     _ranges = dict(augmented=(0, None), holdout=(0.0, 0.9), r=(1, None), alpha=(1, None), dropout=(0.0, 1.0), lr=(0.0, None),
                    epochs=(0.0, None), max_steps=(0, None), batch_size=(1, None), grad_accum=(1, None), warmup_ratio=(0.0, 0.99),
-                   weight_decay=(0.0, None), max_grad_norm=(0.0, None), row_tokens=(16, None), micro_tokens=(0, None), save_steps=(1, None), poll_seconds=(0.0, None),
+                   weight_decay=(0.0, None), max_grad_norm=(0.0, None), row_tokens=(16, None), micro_tokens=(0, None), save_steps=(1, None), poll_seconds=(0.0, None), dist_samples=(1, None),
                    eval_items=(0, None))
+    def _validate(self, prefix:str=''):
+        if 'majority' not in self.targets:
+            raise ConfigError(f"config key '{prefix}targets': expected majority among them (the <culture> adapter the later stages read; "
+                              f"seeds.answer_rule=distribution trains it on the survey's distributions), got {self.targets!r}")
+        if len(set(self.targets)) < len(self.targets): raise ConfigError(f"config key '{prefix}targets': {self.targets!r} names one twice")
 
 SCORINGS = ('logprobs', 'generate', 'compat')
 
@@ -133,7 +141,7 @@ class EvaluateConfig:
     max_tokens: int = 16                # reply length for generate and compat
     n_boot: int = 2000                  # bootstrap resamples of every interval
     wvs: bool = True                    # WVS alignment: seed questions, held-out paraphrases, similarity to every country
-    heldout_topic: typing.Optional[str] = None  # a WVS topic left out of an extra adapter's training, then asked; None: not run
+    heldout_topic: typing.Optional[str] = None  # a WVS topic left out of the tuned models' recipes trained again, then asked; None: not run
     _choices = dict(scoring=SCORINGS)
     _ranges = dict(max_items=(0, None), max_text_chars=(0, None), max_tokens=(1, None), n_boot=(100, None))
 
@@ -253,7 +261,7 @@ PROFILES = {
               'augment': {'questions': 2, 'n': 2, 'm': 3, 'max_rounds': 2, 'synonyms': 3, 'max_variants': 12,
                           'max_tokens': 120, 'judge_sample': 6},
               'finetune': {'model': 'tiny-random', 'max_steps': 4, 'batch_size': 4, 'r': 4, 'alpha': 8, 'save_steps': 2, 'eval_items': 8},
-              'evaluate': {'max_items': 6, 'n_boot': 200},
+              'evaluate': {'max_items': 6, 'n_boot': 200, 'heldout_topic': 'MIGRATION'},
               'gallery': {'model': 'tiny-random', 'languages': ['en', 'el'], 'max_questions': 3, 'camel_templates': 1,
                           'camel_samples': 1, 'n_boot': 200, 'tune_languages': ['el'], 'max_instructions': 6, 'translate_tokens': 12,
                           'qe': 'roundtrip', 'tune_steps': 2, 'tune_r': 4, 'tune_alpha': 8}},
@@ -262,8 +270,8 @@ PROFILES = {
               'analysis': {'dpi': 120, 'n_boot': 1000}, 'cultures': ['arabic', 'english'],
               'scaling': {'sizes': ['0', '10', 'all'], 'max_tasks': 2, 'task_items': 6, 'n_boot': 1000},
               'augment': {'n': 3, 'm': 6, 'max_rounds': 1, 'max_tokens': 110, 'judge_sample': 40},
-              'finetune': {'max_steps': 12},
-              'evaluate': {'max_items': 16, 'max_text_chars': 280, 'n_boot': 1000},
+              'finetune': {'max_steps': 12, 'targets': ['majority', 'distribution']},
+              'evaluate': {'max_items': 16, 'max_text_chars': 280, 'n_boot': 1000, 'heldout_topic': 'MIGRATION'},
               'gallery': {'languages': ['en', 'zh'], 'max_questions': 3, 'camel_templates': 1, 'camel_samples': 1, 'n_boot': 1000,
                           'camel_categories': ['food', 'female_names', 'male_names'], 'tune_languages': ['zh'],
                           'max_instructions': 10, 'translate_tokens': 32, 'qe': 'roundtrip', 'qe_threshold': 0.2, 'tune_steps': 4,
@@ -319,13 +327,18 @@ def from_dict(cls, d:dict, prefix:str=''):
         else:
             v = _check_type(key, value, tp)
             choices = getattr(cls, '_choices', {}).get(name)
-            if choices and v not in choices:
+            if choices and isinstance(v, list):   # a list: some of the choices
+                bad = [x for x in v if x not in choices]
+                if bad or not v: raise ConfigError(f"config key {key!r}: expected some of {', '.join(choices)}, got {(bad[0] if bad else 'none')!r}")
+            elif choices and v not in choices:
                 raise ConfigError(f"config key {key!r}: expected one of {', '.join(choices)}, got {v!r}")
             lo, hi = getattr(cls, '_ranges', {}).get(name, (None, None))
             if v is not None and ((lo is not None and v < lo) or (hi is not None and v > hi)):
                 raise ConfigError(f"config key {key!r}: expected a value " + (f"from {lo} to {hi}" if hi is not None else f"of at least {lo}") + f", got {v!r}")
             kw[name] = v
-    return cls(**kw)
+    obj = cls(**kw)
+    if hasattr(obj, '_validate'): obj._validate(prefix)   # rules across a section's keys
+    return obj
 
 # %% ../nbs/08_config.ipynb #c017
 def _merge(base:dict, over:dict) -> dict:

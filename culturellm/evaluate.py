@@ -702,9 +702,10 @@ def _tuned(run:Path,    # the run folder
 def plan_models(run:str|Path,   # the run folder
                 culture:str,    # the culture evaluated
                 E,              # the `EvaluateConfig`
-                F,              # the `FinetuneConfig` (base model, backend)
+                F,              # the `FinetuneConfig` (base model, backend, targets)
+                answer_rule:str='majority', # `seeds.answer_rule`: with `distribution` the culture's model itself is trained on distributions
                ) -> list:
-    "The `ModelSpec`s to compare: base (and base+context), the culture's model, One, then the extra models."
+    "The `ModelSpec`s to compare: base (and base+context), the culture's model, One (each also trained on the survey's distributions where `finetune.targets` says so: `<culture>-dist`, `One-dist`), then the extra models."
     from culturellm.api import OPENAI_URL
     bad = [m for m in E.models if m not in MODEL_KINDS]
     if bad: raise ConfigError(f"config key 'evaluate.models': {bad[0]!r} is not one of {', '.join(MODEL_KINDS)}")
@@ -713,8 +714,13 @@ def plan_models(run:str|Path,   # the run folder
     if 'base' in E.models:
         out.append(ModelSpec('base', F.model, base_url=url))
         if E.context: out.append(ModelSpec('base+context', F.model, base_url=url, context=True))
-    if 'culture' in E.models: out.append(_tuned(Path(run), culture, culture, F))
-    if 'one' in E.models: out.append(_tuned(Path(run), 'one', 'One', F))
+    dist = 'distribution' in F.targets and answer_rule != 'distribution'   # also trained on the survey's distributions
+    if 'culture' in E.models:
+        out.append(_tuned(Path(run), culture, culture, F))
+        if dist: out.append(_tuned(Path(run), f'{culture}-dist', f'{culture}-dist', F))
+    if 'one' in E.models:
+        out.append(_tuned(Path(run), 'one', 'One', F))
+        if dist: out.append(_tuned(Path(run), 'one-dist', 'One-dist', F))
     return out + [ModelSpec(m, m, base_url=E.extra_base_url) for m in E.extra_models]
 
 # %% ../nbs/03_evaluate.ipynb #e050
@@ -828,17 +834,19 @@ def _wvs_row(culture:str,   # the culture
             dict(culture=culture, model=who, task=task, metric='wvs_wasserstein', value=a['wasserstein'], ci_low=a['w_low'],
                  ci_high=a['w_high'], ci_unit='seed question', n=a['n'], ceiling=0.0, status='ok')]
 
-def wvs_paired(d_base:dict,      # the base model's {question id: distribution}
+def wvs_paired(d_base:dict,      # the reference model's {question id: distribution}
                d:dict,           # another model's
                target:dict,      # the survey's
                n_boot:int=2000,  # bootstrap resamples over questions
                seed:int=0,       # bootstrap seed
+               measure:str='sim', # sim (1 − JSD) or w (normalised Wasserstein)
+               metric:str='wvs_1-jsd_vs_base', # the row's metric name
               ) -> dict:
-    "The difference in mean 1 − JSD of `d` from `d_base` over the questions both answer, with its paired bootstrap."
+    "The difference in the mean `measure` of `d` from `d_base` over the questions both answer, with its paired bootstrap over questions."
     a, b = _per_question(d_base, target).set_index('q_id'), _per_question(d, target).set_index('q_id')
     ix = a.index.intersection(b.index)
-    r = paired_bootstrap(a.loc[ix, 'sim'].to_numpy(), b.loc[ix, 'sim'].to_numpy(), np.mean, n_boot, seed=seed)
-    return dict(metric='wvs_1-jsd_vs_base', value=r['diff'], ci_low=r['low'], ci_high=r['high'], ci_unit='seed question', p_value=r['p'], n=r['n'])
+    r = paired_bootstrap(a.loc[ix, measure].to_numpy(), b.loc[ix, measure].to_numpy(), np.mean, n_boot, seed=seed)
+    return dict(metric=metric, value=r['diff'], ci_low=r['low'], ci_high=r['high'], ci_unit='seed question', p_value=r['p'], n=r['n'])
 
 # %% ../nbs/03_evaluate.ipynb #e054
 def wvs_scores(culture:str,       # the culture
@@ -849,7 +857,8 @@ def wvs_scores(culture:str,       # the culture
                seed:int=0,        # bootstrap seed
                base:str='base',   # the model the others are compared with
               ) -> pd.DataFrame:
-    """Score rows of WVS alignment: every model on every split, every baseline on the same questions, tuned minus base.
+    """Score rows of WVS alignment: every model on every split, every baseline on the same questions, tuned minus base, and
+    a distribution-trained model (`<name>-dist`) minus its one-answer counterpart (`<name>`) in 1 − JSD and in Wasserstein.
     In these rows `random_baseline` is the uniform answers' score and `majority_baseline` the all-countries average's."""
     rows, splits = [], {}
     for (m, split), d in qd.items():
@@ -857,6 +866,10 @@ def wvs_scores(culture:str,       # the culture
         rows += _wvs_row(culture, m, split, alignment(d, target, n_boot, seed))
         if m != base and (base, split) in qd:
             rows.append(dict(culture=culture, model=m, task=f'WVS: {split}', status='ok', **wvs_paired(qd[(base, split)], d, target, n_boot, seed)))
+        if m.endswith('-dist') and (m[:-5], split) in qd:   # trained on the distribution vs the same recipe on one answer, question by question
+            for measure, name in (('sim', 'wvs_1-jsd_dist_vs_majority'), ('w', 'wvs_wasserstein_dist_vs_majority')):
+                rows.append(dict(culture=culture, model=m, task=f'WVS: {split}', status='ok',
+                                 **wvs_paired(qd[(m[:-5], split)], d, target, n_boot, seed, measure, name)))
     for split, qs in splits.items():
         for b, v in baselines.items():
             rows += _wvs_row(culture, b, split, alignment({q: v[q] for q in qs if q in v}, target, n_boot, seed))

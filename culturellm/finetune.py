@@ -16,8 +16,8 @@ from .seeds import sft_record, write_chat_jsonl
 
 # %% auto #0
 __all__ = ['DROPOUT_RNG', 'load_augmented', 'lineages', 'split_augmented', 'write_split', 'nested_subset', 'variant_questions',
-           'culture_samples', 'one_samples', 'write_sets', 'train_device', 'PackedCollator', 'split_packed',
-           'bits_dropout', 'use_bits_dropout', 'warmup_steps', 'total_steps', 'load_base', 'take_base',
+           'culture_samples', 'one_samples', 'write_sets', 'train_device', 'PackedCollator', 'loss_units',
+           'split_packed', 'bits_dropout', 'use_bits_dropout', 'warmup_steps', 'total_steps', 'load_base', 'take_base',
            'release_memory', 'training_key', 'train_lora', 'answer_suffix', 'answer_items', 'agreement',
            'agreement_table']
 
@@ -113,18 +113,23 @@ def culture_samples(items:list,      # (Question, text, source) triples
                     answers:dict,    # {question id: answer code, compat's off-scale text (str) or None} (00_seeds `culture_answers`)
                     style:str='default',
                    ) -> tuple:
-    "(chat records, counts): one record per question the culture has an answer for (an off-scale text trains as that text); repeated questions once; conflicting ones dropped."
+    """(chat records, counts): one record per question the culture has an answer for (an off-scale text trains as that text; a
+    distribution, {code: share}, as a record whose `dist` holds it and whose chat answer is its most common code); repeated questions
+    once; conflicting ones dropped."""
+    from culturellm.distribution import dist_record
     recs, seen, counts = {}, {}, dict(questions=len(items), no_answer=0, repeated=0, conflicting=0)
     for q, text, src in items:
         a = answers.get(q.id, answers.get(str(q.id)))
-        if not isinstance(a, (int, np.integer, str)) or isinstance(a, bool): counts['no_answer'] += 1; continue
-        r = sft_record(q, culture, a if isinstance(a, str) else int(a), style, None if text == q.text else text)
-        key = sha256_json(r['messages'][:2])
+        wording = None if text == q.text else text
+        if isinstance(a, dict) and a: r = dist_record(q, culture, a, style, wording)
+        elif not isinstance(a, (int, np.integer, str)) or isinstance(a, bool): counts['no_answer'] += 1; continue
+        else: r = sft_record(q, culture, a if isinstance(a, str) else int(a), style, wording)
+        key, target = sha256_json(r['messages'][:2]), sha256_json([r['messages'][2]['content'], r.get('dist')])
         if key in seen:
-            if seen[key] == r['messages'][2]['content']: counts['repeated'] += 1
+            if seen[key] == target: counts['repeated'] += 1
             else: counts['conflicting'] += 1; recs.pop(key, None)
             continue
-        seen[key] = r['messages'][2]['content']; recs[key] = dict(r, q_id=q.id, source=src)
+        seen[key] = target; recs[key] = dict(r, q_id=q.id, source=src)
     out = list(recs.values())
     counts['samples'] = len(out)
     return out, counts
@@ -133,11 +138,14 @@ def one_samples(per_culture:dict) -> list:
     "CultureLLM-One's set: the union of every culture's samples, each with its culture's system prompt (a conflict is impossible across cultures)."
     return [dict(r, culture=c) for c, rs in per_culture.items() for r in rs]
 
-def write_sets(run:str|Path, name:str, variant:str, recs:list) -> dict:
-    "Write `data/sft/<variant>/<name>.jsonl` (OpenAI chat) and `<name>.trl.jsonl` (TRL prompt-completion), atomically."
+def write_sets(run:str|Path, name:str, variant:str, recs:list,
+               chat_recs:list|None=None, # the chat file's records where they differ (distribution targets sampled: `distribution.sampled_targets`)
+              ) -> dict:
+    "Write `data/sft/<variant>/<name>.jsonl` (OpenAI chat) and `<name>.trl.jsonl` (TRL prompt-completion, with any distribution target), atomically."
     d = Path(run) / 'data' / 'sft' / variant
-    chat = write_chat_jsonl([{'messages': r['messages']} for r in recs], d / f'{name}.jsonl')
-    trl = write_jsonl(d / f'{name}.trl.jsonl', [{'prompt': r['messages'][:2], 'completion': r['messages'][2:]} for r in recs])
+    chat = write_chat_jsonl([{'messages': r['messages']} for r in (recs if chat_recs is None else chat_recs)], d / f'{name}.jsonl')
+    trl = write_jsonl(d / f'{name}.trl.jsonl', [dict({'prompt': r['messages'][:2], 'completion': r['messages'][2:]},
+                                                     **({'dist': r['dist']} if 'dist' in r else {})) for r in recs])
     return dict(chat=str(chat), trl=str(trl))
 
 # %% ../nbs/02_finetune.ipynb #f013
@@ -154,14 +162,17 @@ def train_device(precision:str='auto', quantize:str='none') -> dict:
 
 # %% ../nbs/02_finetune.ipynb #f016
 class PackedCollator:
-    "TRL-tokenized samples (input_ids, labels) into packed rows: no padding but a row's tail, prompt prefixes shared by samples run once, targets only at answer tokens; rows grouped into parts of at most `micro_tokens` tokens."
+    """TRL-tokenized samples (input_ids, labels) into packed rows: no padding but a row's tail, prompt prefixes shared by samples run once, targets only at answer tokens; rows grouped into parts of at most `micro_tokens` tokens.
+    Samples with distribution targets (`ctx_ids`, `opt_ids`, `opt_p` from `distribution.dist_columns`) bring every answer option after their prompt, as the option scorer lays them out; each target token then carries its option (`t_opt`), its sample (`t_item`) and the survey's share of its option (`t_p`)."""
     def __init__(self, pad_id:int, row_tokens:int=256, min_prefix:int=8, micro_tokens:int=0):
         self.pad_id, self.row_tokens, self.min_prefix, self.micro_tokens = pad_id, row_tokens, min_prefix, micro_tokens
     def __call__(self, examples:list) -> dict:
         import torch
         from culturellm.llm import pack_rows, packed_layout
+        soft = 'opt_p' in examples[0]
         enc = []
         for e in examples:
+            if soft: enc.append((list(e['ctx_ids']), [list(o) for o in e['opt_ids']])); continue
             ids, lab = list(e['input_ids']), list(e['labels'])       # TRL's labels: -100 on the prompt
             k = next((j for j, l in enumerate(lab) if l != -100), len(ids) - 1)
             enc.append((ids[:k], [ids[k:]]))
@@ -169,10 +180,20 @@ class PackedCollator:
         L = packed_layout(enc, rows, self.pad_id)
         sel = torch.tensor(L['sel'], dtype=torch.long).reshape(-1, 2)
         per = max(1, self.micro_tokens // L['ids'].shape[1]) if self.micro_tokens else len(rows)   # rows per part
-        return dict(input_ids=L['ids'], position_ids=L['pos'], attention_mask=L['allowed'][:, None],
-                    sel_row=sel[:, 0], sel_col=sel[:, 1], targets=torch.tensor(L['tgt'], dtype=torch.long),
-                    row_n=torch.tensor([sum(len(enc[i][0]) + len(enc[i][1][0]) for _, idx in r for i in idx) for r in rows]),
-                    part=torch.arange(len(rows)) // per)
+        out = dict(input_ids=L['ids'], position_ids=L['pos'], attention_mask=L['allowed'][:, None],
+                   sel_row=sel[:, 0], sel_col=sel[:, 1], targets=torch.tensor(L['tgt'], dtype=torch.long),
+                   row_n=torch.tensor([sum(len(enc[i][0]) + sum(map(len, enc[i][1])) for _, idx in r for i in idx) for r in rows]),
+                   part=torch.arange(len(rows)) // per)
+        if soft:
+            item_of = {o: i for i, os_ in L['opts_of'].items() for o in os_}
+            p_of = {o: float(examples[i]['opt_p'][k]) for i, os_ in L['opts_of'].items() for k, o in enumerate(os_)}
+            out.update(t_opt=torch.tensor(L['owner'], dtype=torch.long), t_item=torch.tensor([item_of[o] for o in L['owner']], dtype=torch.long),
+                       t_p=torch.tensor([p_of[o] for o in L['owner']], dtype=torch.float32))
+        return out
+
+def loss_units(batch:dict) -> int:
+    "What a batch's loss averages over: its target tokens, or with distribution targets its samples."
+    return int(batch['t_item'].unique().numel()) if 't_item' in batch else len(batch['targets'])
 
 def split_packed(batch:dict) -> list:
     "A `PackedCollator` batch as its parts: each part's rows, and the targets predicted in them (row numbers renumbered)."
@@ -185,7 +206,7 @@ def split_packed(batch:dict) -> list:
         keep = torch.isin(batch['sel_row'], rows)
         new_row = torch.full((len(batch['part']),), -1, dtype=torch.long, device=rows.device); new_row[rows] = torch.arange(len(rows), device=rows.device)
         out.append(dict({k: batch[k][rows] for k in ('input_ids', 'position_ids', 'attention_mask', 'row_n', 'part')},
-                        sel_row=new_row[batch['sel_row'][keep]], sel_col=batch['sel_col'][keep], targets=batch['targets'][keep]))
+                        sel_row=new_row[batch['sel_row'][keep]], **{k: batch[k][keep] for k in ('sel_col', 'targets', 't_opt', 't_item', 't_p') if k in batch}))
     return out
 
 # %% ../nbs/02_finetune.ipynb #f018b
@@ -233,13 +254,16 @@ def _trainer_class():
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             use_bits_dropout(self.model)                                  # LoRA dropout masks from `bits_dropout`
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()   # the distribution targets' columns reach the collator
+            self._signature_columns = list(self._signature_columns) + ['ctx_ids', 'opt_ids', 'opt_p']
         def training_step(self, model, inputs, num_items_in_batch=None):
-            "A packed batch in parts (`PackedCollator.micro_tokens`): each part's loss weighted by its share of the targets, gradients summed — the same step in less memory."
+            "A packed batch in parts (`PackedCollator.micro_tokens`): each part's loss weighted by its share of the targets (or samples), gradients summed — the same step in less memory."
             parts = split_packed(inputs) if 'part' in inputs else [inputs]
             if len(parts) == 1: return super().training_step(model, inputs, num_items_in_batch)
-            total, loss = len(inputs['targets']), 0
+            total, loss = loss_units(inputs), 0
             for k, p in enumerate(parts):
-                self._loss_scale = len(p['targets']) / total
+                self._loss_scale = loss_units(p) / total
                 with (self.accelerator.no_sync(model) if k < len(parts) - 1 else contextlib.nullcontext()):   # several GPUs: one gradient sync per step
                     loss = loss + super().training_step(model, p, num_items_in_batch)
             self._loss_scale = 1.0
@@ -254,9 +278,15 @@ def _trainer_class():
             out = model(input_ids=inputs['input_ids'], attention_mask=mask, position_ids=inputs['position_ids'],
                         logits_to_keep=cols, use_cache=False)
             logits = out.logits[inputs['sel_row'], where].float()
-            loss = torch.nn.functional.cross_entropy(logits, inputs['targets']) * getattr(self, '_loss_scale', 1.0)
             mode = 'train' if model.training else 'eval'
-            self._metrics[mode]['mean_token_accuracy'].append((logits.argmax(-1) == inputs['targets']).float().mean().item())
+            if 't_p' in inputs:                                               # distribution targets: cross-entropy over the options
+                from culturellm.distribution import soft_target_loss
+                loss, agree = soft_target_loss(logits, inputs['targets'], inputs['t_opt'], inputs['t_item'], inputs['t_p'])
+                self._metrics[mode]['modal_agreement'].append(agree)
+            else:
+                loss = torch.nn.functional.cross_entropy(logits, inputs['targets'])
+                self._metrics[mode]['mean_token_accuracy'].append((logits.argmax(-1) == inputs['targets']).float().mean().item())
+            loss = loss * getattr(self, '_loss_scale', 1.0)
             if mode == 'train':
                 self._total_train_tokens += int(inputs['row_n'].sum()); self._metrics[mode]['num_tokens'] = [self._total_train_tokens]
             return (loss, out) if return_outputs else loss
@@ -352,7 +382,8 @@ def training_key(F,                     # a `FinetuneConfig`
                 ) -> tuple:
     "(settings, data hash, key) of an adapter: what decides it, as `training.json` records them; equal keys, equal adapters."
     collator = collator or F.collator
-    data_hash = sha256_json([r['messages'] if 'messages' in r else [r['prompt'], r['completion']] for r in records])
+    data_hash = sha256_json([(r['messages'] if 'messages' in r else [r['prompt'], r['completion']]) + ([r['dist']] if 'dist' in r else [])
+                             for r in records])   # a distribution target is part of its sample
     cfg = dict(model=F.model, r=F.r, alpha=F.alpha, dropout=F.dropout, target_modules=list(F.target_modules), lr=F.lr,
                epochs=F.epochs, max_steps=F.max_steps if max_steps is None else max_steps, batch_size=F.batch_size,
                grad_accum=F.grad_accum, scheduler=F.scheduler, warmup_ratio=F.warmup_ratio,
@@ -383,9 +414,17 @@ def train_lora(F,                       # a `FinetuneConfig`
         if info.get('key') == key: return dict(info, reused=True)
     dev = train_device(F.precision, F.quantize)
     if dev['note']: print(dev['note'])
+    soft = any('dist' in r for r in records)
+    if soft and (collator != 'packed' or not all('dist' in r for r in records)):
+        raise ValueError(f"{out}: distribution targets train with finetune.collator=packed, every sample with one (got collator {collator!r}, "
+                         f"{sum('dist' in r for r in records)} of {len(records)} samples with a distribution)")
     held, model, tok, ident = take_base(F.model, dev, F.checkpointing)
-    ds = Dataset.from_list([{'prompt': r['messages'][:-1], 'completion': r['messages'][-1:]} if 'messages' in r
-                            else {'prompt': r['prompt'], 'completion': r['completion']} for r in records])   # plain: no chat template
+    rows = [{'prompt': r['messages'][:-1], 'completion': r['messages'][-1:]} if 'messages' in r
+            else {'prompt': r['prompt'], 'completion': r['completion']} for r in records]   # plain: no chat template
+    if soft:                                                            # every option's tokens after the prompt, and its share
+        from culturellm.distribution import dist_columns
+        rows = [dict(x, **c) for x, c in zip(rows, dist_columns(records, tok))]
+    ds = Dataset.from_list(rows)
     ck = out.parent / f'.{out.name}.checkpoints' / key[:12]
     args = _sft_args(F, ck, dev, seed, progress, max_steps, len(records))
     lora = LoraConfig(r=F.r, lora_alpha=F.alpha, lora_dropout=F.dropout, target_modules=list(F.target_modules), bias='none', task_type='CAUSAL_LM')
@@ -401,7 +440,7 @@ def train_lora(F,                       # a `FinetuneConfig`
     trainer.model.save_pretrained(tmp)
     info = dict(key=key, base=ident, config=cfg, data_sha256=data_hash, samples=len(records), steps=trainer.state.global_step,
                 epochs=trainer.state.epoch, seconds=round(secs, 2), resumed=resume, device=dev, losses=losses,
-                tokens=int(trainer._total_train_tokens), train_loss=res.training_loss)
+                tokens=int(trainer._total_train_tokens), train_loss=res.training_loss, targets='distribution' if soft else 'answer')
     atomic_write_json(tmp / 'training.json', info)
     if out.exists(): shutil.rmtree(out)
     os.replace(tmp, out)
@@ -441,8 +480,12 @@ def agreement(lm,                       # a backend with `score_options`
               style:str='default',      # the prompt style the model was trained with (`seeds.prompt_style`)
              ) -> pd.DataFrame:
     """One row per question: the model's chosen answer code, the culture's, whether they agree, and the probability it gives
-    the culture's. An off-scale gold (`compat`'s text) is none of the codes the model chooses among: agree 0, p_gold 0, `off_scale` True."""
-    gold_of = lambda q: answers.get(q.id, answers.get(str(q.id)))
+    the culture's. An off-scale gold (`compat`'s text) is none of the codes the model chooses among: agree 0, p_gold 0, `off_scale` True.
+    Where the answers are distributions (`seeds.answer_rule=distribution`) the gold is the distribution's most common code."""
+    from culturellm.distribution import modal_code
+    def gold_of(q):
+        a = answers.get(q.id, answers.get(str(q.id)))
+        return modal_code(a) if isinstance(a, dict) and a else a
     rows = [r for r in rows if isinstance(g := gold_of(r[0]), (int, np.integer, str)) and not isinstance(g, bool)]
     sc = lm.score_options(answer_items(rows, culture, suffix, style))
     out = []

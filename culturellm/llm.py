@@ -17,9 +17,9 @@ from .config import atomic_write_json, atomic_write_text, seed_of, sha256_file, 
 __all__ = ['NORMALISATIONS', 'Prompt', 'DEFAULT_LM', 'DEFAULT_EMBEDDER', 'TINY_LM', 'GEN_MIN_PREFIX', 'cpu_has_bf16',
            'pick_device', 'pick_dtype', 'default_cache_dir', 'CallCache', 'cached_map', 'record_usage', 'OptionScores',
            'Capabilities', 'Backend', 'smollm2_gguf', 'file_lock', 'convert_gguf', 'resolve_model', 'tiny_model',
-           'LocalLM', 'check_item', 'prefix_groups', 'packed_tokens', 'pack_rows', 'packed_layout', 'score_options',
-           'naive_option_logprobs', 'row_seed', 'shared_prefix', 'generate', 'embedder_path', 'embed', 'Embedder',
-           'load_adapter', 'set_adapter', 'unload_adapter']
+           'LocalLM', 'encode_pair', 'check_item', 'prefix_groups', 'packed_tokens', 'pack_rows', 'packed_layout',
+           'score_options', 'naive_option_logprobs', 'row_seed', 'shared_prefix', 'generate', 'embedder_path', 'embed',
+           'Embedder', 'load_adapter', 'set_adapter', 'unload_adapter']
 
 # %% ../nbs/00a_llm.ipynb #c007
 def cpu_has_bf16() -> bool:
@@ -318,14 +318,16 @@ def _format(self, prompt) -> str:
         raise ValueError(f"prompt {str(prompt)[:60]!r}: expected a string or a list of {{'role', 'content'}} messages")
     return self.tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
-def _encode_pair(self, context:str, option:str) -> tuple:
-    "(context tokens, option tokens) as lm-evaluation-harness splits them."
+def encode_pair(tok, context:str, option:str) -> tuple:
+    "(context tokens, option tokens) as lm-evaluation-harness splits them; training on distributions (`distribution`) reads the same."
     n = len(context) - len(context.rstrip())
     if n: option, context = context[-n:] + option, context[:-n]
-    whole = self.tok(context + option, add_special_tokens=False).input_ids
-    ctx = self.tok(context, add_special_tokens=False).input_ids
+    whole = tok(context + option, add_special_tokens=False).input_ids
+    ctx = tok(context, add_special_tokens=False).input_ids
     if whole[:len(ctx)] == ctx and len(whole) > len(ctx): return ctx, whole[len(ctx):]
-    return ctx, self.tok(option, add_special_tokens=False).input_ids   # merged across the boundary ('Q' + 'A' -> 'QA')
+    return ctx, tok(option, add_special_tokens=False).input_ids   # merged across the boundary ('Q' + 'A' -> 'QA')
+
+def _encode_pair(self, context:str, option:str) -> tuple: return encode_pair(self.tok, context, option)
 
 LocalLM._format, LocalLM._encode_pair = _format, _encode_pair
 

@@ -619,14 +619,15 @@ def stage_answers(run:str|Path,       # the run folder
                   C:Culture,          # the culture
                   cfg:Config,         # the run's configuration (its `seeds` section decides the answers)
                   required:bool=True, # a run folder: the seeds stage's file must exist
+                  distributions:bool=False, # the survey's distributions ({code: share}; None where nobody answered) instead of the rule's answers
                  ) -> dict:
-    "{question id: answer} the seeds stage wrote for `C`; without its file, an error naming it (`required`) or the answers computed under `cfg.seeds`."
+    "{question id: answer} the seeds stage wrote for `C` (or its distributions); without its file, an error naming it (`required`) or the answers computed under `cfg.seeds`."
     f = Path(run) / 'data' / 'answers' / f'{C.name}.json'
     if f.exists():
-        try: raw = json.loads(f.read_text())['answers']
+        try: raw = json.loads(f.read_text())['distributions' if distributions else 'answers']
         except (ValueError, KeyError) as e: raise ValueError(f"{f}: not a seeds-stage answers file ({e})") from None
-        return {int(k): ({int(c): p for c, p in v.items()} if isinstance(v, dict) else v) for k, v in raw.items()}
+        return {int(k): ({int(c): float(p) for c, p in v.items()} if isinstance(v, dict) else v) for k, v in raw.items()}
     if required: raise FileNotFoundError(f"{f}: not found; run the seeds stage first (culturellm run --stages seeds)")
     S = cfg.seeds
     root = data_root(cfg, required=S.source == 'microdata' and not (S.wvs_file or C.wvs_file))
-    return culture_answers(C, wvs_counts(C, S.source, S.wvs_file, root, weighted=S.weighted), S.answer_rule, weighted=S.weighted)
+    return culture_answers(C, wvs_counts(C, S.source, S.wvs_file, root, weighted=S.weighted), S.answer_rule if not distributions else 'distribution', weighted=S.weighted)

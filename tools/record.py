@@ -80,7 +80,7 @@ def study_figures(run: Path) -> dict:
     for f in sorted(R.glob('finetune_agreement_*.json')):
         for r in json.loads(f.read_text()):
             if r['split'] != 'held-out' or r['model'] == 'base': continue
-            key = f"finetune.{r['culture']}.{'one' if r['model'] == 'One' else 'tuned'}"
+            key = f"finetune.{r['culture']}.{ {'One': 'one', 'tuned-dist': 'tuned_dist', 'One-dist': 'one_dist'}.get(r['model'], 'tuned')}"
             out[key] = _ci(r['diff'], r['diff_low'], r['diff_high'], sign=True)
             out[f"finetune.{r['culture']}.heldout"] = f"{r['n']} held-out wordings of {r['questions']} seed questions"
     sc = csv('scores.csv')
@@ -89,7 +89,8 @@ def study_figures(run: Path) -> dict:
         beat = f1.groupby(['culture', 'task']).apply(lambda g: bool((g.value > g.majority_baseline).any()), include_groups=False)
         out['evaluate.tasks'] = f'{int((~beat).sum())} of {len(beat)}'
         w = sc[(sc.metric == 'wvs_1-jsd') & (sc.task == 'WVS: held-out paraphrases') & (sc.culture == 'arabic')].set_index('model').value
-        for m, k in (('base', 'base'), ('arabic', 'tuned'), ('One', 'one'), ('all-countries average', 'average'), ('uniform', 'uniform')):
+        for m, k in (('base', 'base'), ('arabic', 'tuned'), ('One', 'one'), ('arabic-dist', 'tuned_dist'), ('One-dist', 'one_dist'),
+                     ('all-countries average', 'average'), ('uniform', 'uniform')):
             if m in w: out[f'evaluate.arabic_heldout.{k}'] = f'{w[m]:.2f}'
     for c in ('arabic', 'english', 'one'):
         a = csv(f'ablation_summary_{c}.csv')
