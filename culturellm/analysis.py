@@ -17,11 +17,11 @@ from .stats import bootstrap_ci
 # %% auto #0
 __all__ = ['SCHEMAS', 'NUMERIC', 'PER_CULTURE', 'SINGLE', 'SUB_STEMS', 'WVS_BASELINES', 'NO_UNIT', 'STYLE', 'AUGMENT_MEASURES',
            'PARTS', 'AnalysisDataError', 'check_table', 'read_table', 'load_run', 'model_role', 'task_family',
-           'unit_note', 'performance_table', 'family_table', 'vs_base_table', 'wvs_table', 'values_table',
-           'ablation_table', 'scaling_table', 'winrate_table', 'study_style', 'save_figure', 'plot_performance',
-           'plot_radar', 'plot_vs_base', 'plot_values_map', 'plot_agreement', 'judge_unit', 'judge_ci', 'plot_augment',
-           'plot_measures', 'plot_scaling', 'plot_translation', 'draw_figures', 'fmt', 'ci', 'md_table', 'task_matrix',
-           'reading', 'report_markdown', 'build_report']
+           'unit_note', 'performance_table', 'family_table', 'vs_base_table', 'wvs_table', 'targets_table',
+           'values_table', 'ablation_table', 'scaling_table', 'winrate_table', 'study_style', 'save_figure',
+           'plot_performance', 'plot_radar', 'plot_vs_base', 'plot_values_map', 'plot_agreement', 'judge_unit',
+           'judge_ci', 'plot_augment', 'plot_measures', 'plot_scaling', 'plot_translation', 'draw_figures', 'fmt', 'ci',
+           'md_table', 'task_matrix', 'reading', 'report_markdown', 'build_report']
 
 # %% ../nbs/07_analysis.ipynb #a008
 class AnalysisDataError(ValueError):
@@ -209,6 +209,18 @@ def wvs_table(scores:pd.DataFrame) -> pd.DataFrame:   # `scores` rows
                              diff=dd.value.iloc[0] if len(dd) else np.nan, diff_lo=dd.ci_low.iloc[0] if len(dd) else np.nan,
                              diff_hi=dd.ci_high.iloc[0] if len(dd) else np.nan))
     return pd.DataFrame(rows, columns=['culture', 'split', 'model', 'n', 'alignment', 'lo', 'hi', 'ci_unit', 'uniform', 'all_countries', 'diff', 'diff_lo', 'diff_hi'])
+
+def targets_table(scores:pd.DataFrame) -> pd.DataFrame:   # `scores` rows
+    "Per culture, WVS split and distribution-trained model: its paired difference from the same recipe trained on one answer per question, in 1 − JSD (higher: closer to the survey) and in Wasserstein (lower: closer), each [interval], over the same questions."
+    s = _ok(scores); rows = []
+    for (c, sp, m), g in s[s.metric.isin(['wvs_1-jsd_dist_vs_majority', 'wvs_wasserstein_dist_vs_majority'])].groupby(['culture', 'task', 'model'], sort=False):
+        j, w = (g[g.metric == k] for k in ('wvs_1-jsd_dist_vs_majority', 'wvs_wasserstein_dist_vs_majority'))
+        row = dict(culture=c, split=sp.removeprefix('WVS: '), model=m, versus=m.removesuffix('-dist'), n=int(g.n.iloc[0]))
+        for name, x in (('jsd', j), ('wass', w)):
+            row.update({f'{name}_diff': x.value.iloc[0] if len(x) else np.nan, f'{name}_lo': x.ci_low.iloc[0] if len(x) else np.nan,
+                        f'{name}_hi': x.ci_high.iloc[0] if len(x) else np.nan})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=['culture', 'split', 'model', 'versus', 'n', 'jsd_diff', 'jsd_lo', 'jsd_hi', 'wass_diff', 'wass_lo', 'wass_hi'])
 
 def values_table(values:pd.DataFrame,   # `values` rows (culture, country, name, similarity, model)
                  own:dict|None=None,    # {culture: its WVS country codes}
@@ -788,6 +800,15 @@ def report_markdown(R:dict,    # `load_run`
               "beside the uniform-answer and all-countries-average baselines; `diff` is the paired difference from the base model.\n",
               md_table(W.assign(alignment=[ci(*x) for x in zip(W.alignment, W.lo, W.hi)], diff=[ci(*x) for x in zip(W['diff'], W.diff_lo, W.diff_hi)],
                                 ci_unit=W.ci_unit.astype(object).fillna(NO_UNIT)).drop(columns=['lo', 'hi', 'diff_lo', 'diff_hi'])), _figs(F, 'wvs')]
+    Tg = targets_table(S) if S is not None else None
+    if Tg is not None and len(Tg):
+        verdict = lambda lo, hi, better_up: ('closer' if (lo > 0 if better_up else hi < 0) else 'further' if (hi < 0 if better_up else lo > 0) else 'not distinguishable')
+        L += ["### Trained on the distribution vs on one answer\n", "Each distribution-trained model (`-dist`) minus the same recipe trained on one "
+              "answer per question, paired over the same questions (intervals resample questions): 1 − JSD (positive: closer to the survey) and "
+              "Wasserstein (negative: closer). `reading` says whether the distribution-trained model is closer to the survey in 1 − JSD.\n",
+              md_table(Tg.assign(jsd_diff=[ci(*x) for x in zip(Tg.jsd_diff, Tg.jsd_lo, Tg.jsd_hi)],
+                                 wass_diff=[ci(*x) for x in zip(Tg.wass_diff, Tg.wass_lo, Tg.wass_hi)],
+                                 reading=[verdict(lo, hi, True) for lo, hi in zip(Tg.jsd_lo, Tg.jsd_hi)]).drop(columns=['jsd_lo', 'jsd_hi', 'wass_lo', 'wass_hi']))]
     if 'values' in F['figures']:
         L += ["## Whose values\n", "The country whose survey answers each model's answers resemble most, and the rank of the culture's own countries.\n",
               md_table(values_table(T['values'], _own_countries(R))), _figs(F, 'values')]

@@ -19,16 +19,17 @@ from .stats import bootstrap_ci, paired_bootstrap
 
 # %% auto #0
 __all__ = ['TASKS_FILE', 'TEXT_FIELDS', 'FAMILIES', 'SUBJECTS', 'CONTEXT_CAVEATS', 'SCORE_COLUMNS', 'MODEL_KINDS',
-           'PREDICTION_COLUMNS', 'task_record', 'build_tasks_file', 'Task', 'load_tasks', 'family_of', 'user_task',
-           'culture_tasks', 'select_tasks', 'TaskDataError', 'task_file', 'task_status', 'read_task', 'prepare_items',
-           'cut_texts', 'stratified_sample', 'Family', 'subject', 'task_options', 'task_messages', 'load_contexts',
-           'culture_context', 'strict_parse', 'compat_parse', 'score_items', 'encode', 'macro_f1_codes', 'macro_f1',
-           'majority_baseline', 'random_baseline', 'ceiling_preds', 'task_flags', 'task_scores', 'paired_scores',
-           'text_units', 'text_sources', 'js_similarity', 'wasserstein_ordinal', 'wvs_rows', 'model_distributions',
-           'question_distributions', 'survey_targets', 'alignment', 'baseline_distributions', 'country_similarity',
-           'ModelSpec', 'plan_models', 'ModelPool', 'suffix_of', 'predict_tasks', 'score_table', 'skipped_rows',
-           'wvs_paired', 'wvs_scores', 'topic_slug', 'topic_holdout_samples', 'write_results', 'collect_results',
-           'plot_task_scores', 'plot_alignment', 'plot_whose_values', 'value_map']
+           'PREDICTION_COLUMNS', 'TARGET_COLORS', 'TARGET_LABELS', 'task_record', 'build_tasks_file', 'Task',
+           'load_tasks', 'family_of', 'user_task', 'culture_tasks', 'select_tasks', 'TaskDataError', 'task_file',
+           'task_status', 'read_task', 'prepare_items', 'cut_texts', 'stratified_sample', 'Family', 'subject',
+           'task_options', 'task_messages', 'load_contexts', 'culture_context', 'strict_parse', 'compat_parse',
+           'score_items', 'encode', 'macro_f1_codes', 'macro_f1', 'majority_baseline', 'random_baseline',
+           'ceiling_preds', 'task_flags', 'task_scores', 'paired_scores', 'text_units', 'text_sources', 'js_similarity',
+           'wasserstein_ordinal', 'wvs_rows', 'model_distributions', 'question_distributions', 'survey_targets',
+           'alignment', 'baseline_distributions', 'country_similarity', 'ModelSpec', 'plan_models', 'ModelPool',
+           'suffix_of', 'predict_tasks', 'score_table', 'skipped_rows', 'wvs_paired', 'wvs_scores', 'topic_slug',
+           'topic_holdout_samples', 'write_results', 'collect_results', 'plot_task_scores', 'training_target',
+           'plot_alignment', 'plot_answer_bars', 'plot_whose_values', 'value_map']
 
 # %% ../nbs/03_evaluate.ipynb #e007
 TASKS_FILE = 'data/tasks.json'   # the registry shipped in the package
@@ -964,10 +965,20 @@ def plot_task_scores(scores:pd.DataFrame,    # score rows (`score_table`)
     return fig
 
 # %% ../nbs/03_evaluate.ipynb #e064
+TARGET_COLORS = {'base': '0.55', 'answer': 'tab:blue', 'distribution': 'tab:green', 'other': 'tab:purple'}
+TARGET_LABELS = {'base': 'base model', 'answer': 'tuned on one answer per question', 'distribution': "tuned on the survey's distribution",
+                 'other': 'other model'}
+
+def training_target(model:str) -> str:
+    "What a result's model was trained on, from its name: base, answer (`<culture>`, One), distribution (`-dist`) or other."
+    if model in ('base', 'base+context'): return 'base'
+    if model.endswith('-dist'): return 'distribution'
+    return 'other' if ' ' in model or '/' in model else 'answer'
+
 def plot_alignment(w:pd.DataFrame,   # `wvs_scores` rows
                    title:str='',     # the figure's title
                   ):
-    "WVS 1 − JSD per split: bars per model with intervals, the uniform and all-countries baselines as lines, other cultures as dots."
+    "WVS 1 − JSD per split: bars per model with intervals, coloured by what the model was trained on (`training_target`), the uniform and all-countries baselines as lines, other cultures as dots."
     import matplotlib.pyplot as plt
     s = w[w.metric == 'wvs_1-jsd']
     splits = list(dict.fromkeys(s.task))
@@ -975,15 +986,51 @@ def plot_alignment(w:pd.DataFrame,   # `wvs_scores` rows
     for ax, sp in zip(axes[0], splits):
         g = s[s.task == sp]
         mod = g[~g.model.isin(['uniform', 'all-countries average']) & ~g.model.str.startswith('survey: ')]
-        ax.bar(range(len(mod)), mod.value, yerr=[mod.value - mod.ci_low, mod.ci_high - mod.value], capsize=3, color='tab:blue')
+        ax.bar(range(len(mod)), mod.value, yerr=[mod.value - mod.ci_low, mod.ci_high - mod.value], capsize=3,
+               color=[TARGET_COLORS[training_target(m)] for m in mod.model])
         for who, c in (('uniform', '0.5'), ('all-countries average', 'k')):
             ax.axhline(g[g.model == who].value.iloc[0], color=c, ls='--', lw=1, label=who)
         oth = g[g.model.str.startswith('survey: ')]
         ax.scatter(np.full(len(oth), len(mod) - 0.5), oth.value, marker='_', s=200, c='tab:orange', label='other cultures\' surveys')
         ax.set_xticks(range(len(mod)), mod.model, rotation=30, ha='right', fontsize=8)
         ax.set_title(f"{sp[5:]} (n={int(g.n.max())} questions)", fontsize=9); ax.set_ylim(0, 1)
-    axes[0][0].set_ylabel('1 − JS distance to the survey'); axes[0][-1].legend(fontsize=7)
+    from matplotlib.patches import Patch
+    kinds = list(dict.fromkeys(training_target(m) for m in s.model if m not in ('uniform', 'all-countries average') and not m.startswith('survey: ')))
+    h, l = axes[0][-1].get_legend_handles_labels()
+    axes[0][0].set_ylabel('1 − JS distance to the survey')
+    axes[0][-1].legend(h + [Patch(color=TARGET_COLORS[k]) for k in kinds], l + [TARGET_LABELS[k] for k in kinds], fontsize=7)
     fig.suptitle(title, fontsize=10); fig.tight_layout()
+    return fig
+
+def plot_answer_bars(qd:dict,          # `question_distributions`: {(model, split): {question id: distribution}}
+                     target:dict,      # {question id: the survey's distribution}
+                     questions:list,   # the `Question`s (their texts and scales)
+                     split:str,        # the split shown
+                     models:list|None=None, # the models shown, in order (default: every model on the split)
+                     n:int=4,          # questions shown: those on which the models differ most
+                     title:str='',
+                    ):
+    "Per question, stacked bars of the answer shares: the survey's beside each model's (answer codes in scale order, darker = higher)."
+    import matplotlib.pyplot as plt
+    models = models or [m for (m, s) in qd if s == split]
+    qs = [q for q in questions if q.id in target and all(q.id in qd.get((m, split), {}) for m in models)]
+    if not qs or not models: return None
+    spread = {q.id: np.ptp([js_similarity(qd[(m, split)][q.id], target[q.id]) for m in models]) for q in qs}
+    qs = sorted(qs, key=lambda q: -spread[q.id])[:n]
+    fig, axes = plt.subplots(len(qs), 1, figsize=(7.5, 0.45 * (len(models) + 1) * len(qs) + 0.9), squeeze=False)
+    for ax, q in zip(axes[:, 0], qs):
+        rows = [('survey', _unit(target[q.id]))] + [(m, _unit(qd[(m, split)][q.id])) for m in models]
+        colors = plt.cm.viridis(np.linspace(0.15, 0.9, len(q.scale.values)))
+        for y, (who, p) in enumerate(rows):
+            left = 0.0
+            for k, v in enumerate(p):
+                ax.barh(y, v, left=left, color=colors[k], edgecolor='white', lw=0.5)
+                if v > 0.08: ax.text(left + v / 2, y, str(q.scale.values[k]), ha='center', va='center', fontsize=6, color='white')
+                left += v
+        ax.set_yticks(range(len(rows)), [w for w, _ in rows], fontsize=7); ax.invert_yaxis(); ax.set_xlim(0, 1)
+        ax.set_title(f"Q{q.id} ({q.topic.lower()}): {q.short[:100]}", fontsize=7, loc='left'); ax.tick_params(axis='x', labelsize=6)
+    axes[-1, 0].set_xlabel('share of answers (codes in scale order)', fontsize=7)
+    fig.suptitle(title, fontsize=9); fig.tight_layout()
     return fig
 
 # %% ../nbs/03_evaluate.ipynb #e065

@@ -626,7 +626,9 @@ def stage_answers(run:str|Path,       # the run folder
     if f.exists():
         try: raw = json.loads(f.read_text())['distributions' if distributions else 'answers']
         except (ValueError, KeyError) as e: raise ValueError(f"{f}: not a seeds-stage answers file ({e})") from None
-        return {int(k): ({int(c): float(p) for c, p in v.items()} if isinstance(v, dict) else v) for k, v in raw.items()}
+        from culturellm.distribution import check_distribution   # a distribution edited by hand: checked, the file named
+        Q = {q.id: q for q in load_questions()}
+        return {int(k): (check_distribution(v, Q[int(k)], str(f)) if isinstance(v, dict) else v) for k, v in raw.items()}
     if required: raise FileNotFoundError(f"{f}: not found; run the seeds stage first (culturellm run --stages seeds)")
     S = cfg.seeds
     root = data_root(cfg, required=S.source == 'microdata' and not (S.wvs_file or C.wvs_file))

@@ -456,7 +456,9 @@ def test_stage_end_to_end(tmp_path, data_root, monkeypatch):
     assert f1[['n', 'majority_baseline', 'random_baseline', 'ceiling', 'ci_low', 'ci_high']].notna().all().all()
     wv = S[S.metric == 'wvs_1-jsd']
     assert {'WVS: seed questions (trained)', 'WVS: held-out paraphrases', 'WVS: held-out topic: RELIGIOUS VALUES'} == set(wv.task)
-    assert {'arabic without topic', 'uniform', 'all-countries average', 'survey: english'} <= set(wv.model)
+    assert {'uniform', 'all-countries average', 'survey: english'} <= set(wv.model)
+    assert {'base', 'arabic'} <= set(wv[wv.task == 'WVS: held-out topic: RELIGIOUS VALUES'].model)   # arabic: its recipe trained without the topic
+    assert 'One' not in set(wv[wv.task == 'WVS: held-out topic: RELIGIOUS VALUES'].model)          # a model that saw the topic has no row there
     assert wv[wv.task == 'WVS: held-out topic: RELIGIOUS VALUES'].n.max() == 2
     assert set(f1.ci_unit) <= {'item', 'distinct text'} and set(S[S.metric.str.startswith('wvs') & S.ci_low.notna()].ci_unit) == {'seed question'}
     src = f1.drop_duplicates('task').set_index('task').text_source                 # the two Multi-Platform sets share 675 texts
