@@ -13,7 +13,8 @@ import pandas as pd
 
 from .config import ConfigError, atomic_write_json, atomic_write_text, read_jsonl
 from .finetune import culture_samples, one_samples, train_lora, training_key, variant_questions
-from .evaluate import alignment, encode, macro_f1_codes, question_distributions
+from .evaluate import encode, macro_f1_codes
+from .alignment import alignment, question_distributions
 from .seeds import is_off_scale
 from .stats import bootstrap_ci
 

@@ -117,10 +117,12 @@ def load_run(run_dir:str|Path,   # a run folder
     known = (names - {'all'}) | {'one'} if names - {'all'} else None   # the run's cultures, where it names them
     for kind, stem in PER_CULTURE.items():
         files = _culture_files(res, stem, known=known)
-        parts = [read_table(p, kind).assign(culture=lambda d, c=c: d['culture'] if 'culture' in d else c) for c, p in files.items()]
+        extra = _culture_files(res, 'alignment', known=known) if kind == 'scores' else {}   # the alignment stage's score rows
+        parts = [read_table(p, kind).assign(culture=lambda d, c=c: d['culture'] if 'culture' in d else c) for c, p in [*files.items(), *extra.items()]]
         if kind == 'scores' and (res / 'scores.csv').exists():   # the collected copy: cultures no per-culture file has
-            allc = read_table(res / 'scores.csv', kind); parts.append(allc[~allc.culture.isin(files)])
+            allc = read_table(res / 'scores.csv', kind); parts.append(allc[~allc.culture.isin(set(files) | set(extra))])
             files['(collected)'] = res / 'scores.csv'
+        files.update({f'alignment {c}': p for c, p in extra.items()})
         parts = [p for p in parts if len(p)]
         if parts: R['tables'][kind] = pd.concat(parts, ignore_index=True); R['files'][kind] = list(files.values())
     ag = []
@@ -481,8 +483,8 @@ def plot_translation(tr:pd.DataFrame,   # `translation` rows (language, n, qe_me
 PARTS = {   # part: (what the report calls it, the stage that writes it)
     'performance': ('downstream performance by culture and task', 'evaluate'),
     'vs_base': ('differences from the base model (prompt-context baseline, culture model, One)', 'evaluate'),
-    'wvs': ('WVS alignment', 'evaluate'),
-    'values': ('country-similarity map (whose values)', 'evaluate'),
+    'wvs': ('WVS alignment', 'alignment'),
+    'values': ('country-similarity map (whose values)', 'alignment'),
     'agreement': ('fine-tuning agreement with the survey', 'finetune'),
     'augment': ('augmentation quality', 'augment'),
     'ablation': ('ablations (+WVS, +a, +b, context)', 'ablation'),
@@ -515,7 +517,8 @@ def draw_figures(R:dict,                # `load_run`
                  n_boot:int=1000,       # resamples of the intervals computed here
                 ) -> dict:
     "Draw every figure the run has data for; {'figures': {part: [names]}, 'absent': [parts]}."
-    from culturellm.evaluate import plot_task_scores, plot_alignment
+    from culturellm.evaluate import plot_task_scores
+    from culturellm.alignment import plot_alignment
     from culturellm.gallery import plot_geomlama, plot_camel_radar, plot_camel_priors, plot_camel_bars
     T, run, figs = R['tables'], R['dir'], {}
     def save(part, name, fig, n=''):

@@ -129,7 +129,7 @@ SCORINGS = ('logprobs', 'generate', 'compat')
 
 @dataclass
 class EvaluateConfig:
-    "Settings of the `evaluate` stage: the downstream tasks and WVS alignment (see `03_evaluate`)."
+    "Settings of the `evaluate` stage (the downstream tasks, `03_evaluate`) and of the `alignment` stage (WVS alignment: `wvs`, `heldout_topic`, `n_boot`; `03b_alignment`)."
     scoring: str = 'logprobs'           # logprobs (option log-probabilities, deterministic), generate (greedy, strict parser) or compat (greedy, the original's parser)
     max_items: int = 0                  # items per task at most (a stratified, seeded sample); 0: all
     max_text_chars: int = 0             # texts cut to this many characters (counted and flagged); 0: never

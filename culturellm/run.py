@@ -37,9 +37,10 @@ _TUNED = ('seeds', 'augment', 'finetune')
 STAGES = [Stage('seeds', '00_seeds.ipynb', 'culture'), Stage('augment', '01_augment.ipynb', 'all'),
           Stage('finetune', '02_finetune.ipynb', 'culture', ('one',), ('seeds', 'augment')),
           Stage('evaluate', '03_evaluate.ipynb', 'culture', (), _TUNED),
+          Stage('alignment', '03b_alignment.ipynb', 'culture', (), _TUNED),
           Stage('ablation', '04_ablation.ipynb', 'culture', ('one',), _TUNED), Stage('scaling', '05_scaling.ipynb', 'all', (), _TUNED),
           Stage('gallery', '06_gallery.ipynb', 'all'),
-          Stage('analysis', '07_analysis.ipynb', 'all', (), ('seeds', 'augment', 'finetune', 'evaluate', 'ablation', 'scaling', 'gallery'))]
+          Stage('analysis', '07_analysis.ipynb', 'all', (), ('seeds', 'augment', 'finetune', 'evaluate', 'alignment', 'ablation', 'scaling', 'gallery'))]
 STAGE_NAMES = [s.name for s in STAGES]
 
 def reads_culture(upstream:str, culture:str) -> bool:

@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 
 from culturellm.config import ConfigError, config_to_dict, get_config
-from culturellm.evaluate import (FAMILIES, ModelSpec, Task, TaskDataError, alignment, build_tasks_file, ceiling_preds,
-                                 collect_results, compat_parse, country_similarity, culture_tasks, cut_texts, encode, family_of,
-                                 js_similarity, load_tasks, macro_f1, macro_f1_codes, majority_baseline, paired_scores,
+from culturellm.alignment import alignment, country_similarity, js_similarity, wasserstein_ordinal
+from culturellm.evaluate import (FAMILIES, ModelSpec, Task, TaskDataError, build_tasks_file, ceiling_preds,
+                                 collect_results, compat_parse, culture_tasks, cut_texts, encode, family_of,
+                                 load_tasks, macro_f1, macro_f1_codes, majority_baseline, paired_scores,
                                  plan_models, predict_tasks, prepare_items, random_baseline, read_task, score_items,
                                  score_table, skipped_rows, strict_parse, stratified_sample, task_options, task_scores, task_status,
-                                 text_sources, text_units, wasserstein_ordinal, write_results)
+                                 text_sources, text_units, write_results)
 from culturellm.seeds import CULTURES, load_cultures
 from culturellm.stats import bootstrap_ci, paired_bootstrap
 
@@ -224,7 +225,7 @@ def test_jsd_and_wasserstein_known_values():
 
 def test_survey_alignment_and_whose_values():
     "Each culture's own survey is the most similar country to itself; alignment of a survey with itself is 1."
-    from culturellm.evaluate import survey_targets
+    from culturellm.alignment import survey_targets
     from culturellm.seeds import load_embedded_counts, load_questions
     Q, C = load_questions(), load_embedded_counts()
     for name in ('english', 'german', 'korean', 'turkish'):
@@ -433,8 +434,8 @@ def _fake_run(run: Path, cfg):
 
 
 def test_stage_end_to_end(tmp_path, data_root, monkeypatch):
-    """The notebook on a run folder: base, base+context, the culture's adapter and One on the same items, paired differences,
-    WVS alignment on seed questions, held-out paraphrases and a held-out topic, the files, the record and the figures."""
+    """The evaluate and alignment notebooks on a run folder: base, base+context, the culture's adapter and One on the same items, paired
+    differences, WVS alignment on seed questions, held-out paraphrases and a held-out topic, the files, the records and the figures."""
     import papermill as pm
     monkeypatch.setenv('CULTURELLM_DATA', str(data_root))
     run = tmp_path / 'run'
@@ -442,8 +443,9 @@ def test_stage_end_to_end(tmp_path, data_root, monkeypatch):
                                             'tasks': ['hate_detect_mp', 'spam_detect', 'vulgar_detect_mp']},
                                'finetune': {'max_steps': 2, 'eval_items': 12}})
     _fake_run(run, cfg)
-    pm.execute_notebook(str(REPO / 'nbs' / '03_evaluate.ipynb'), str(tmp_path / 'out.ipynb'), cwd=str(REPO / 'nbs'), progress_bar=False,
-                        parameters=dict(culture='arabic', profile='smoke', run_dir=str(run), config_file=str(run / 'config.json')))
+    for nb in ('03_evaluate', '03b_alignment'):   # the downstream tasks, then the survey
+        pm.execute_notebook(str(REPO / 'nbs' / f'{nb}.ipynb'), str(tmp_path / f'{nb}.ipynb'), cwd=str(REPO / 'nbs'), progress_bar=False,
+                            parameters=dict(culture='arabic', profile='smoke', run_dir=str(run), config_file=str(run / 'config.json')))
     rec = json.loads((run / 'records' / 'evaluate' / 'arabic.json').read_text())
     assert [(m['label'], m['status']) for m in rec['models']] == [('base', 'ok'), ('base+context', 'ok'), ('arabic', 'ok'), ('One', 'ok')]
     P = pd.read_csv(run / 'results' / 'predictions.csv', dtype=str, keep_default_na=False)
@@ -464,7 +466,9 @@ def test_stage_end_to_end(tmp_path, data_root, monkeypatch):
     src = f1.drop_duplicates('task').set_index('task').text_source                 # the two Multi-Platform sets share 675 texts
     assert (src['hate_detect_mp'], src['vulgar_detect_mp'], src['spam_detect']) == ('hate_detect_mp', 'hate_detect_mp', 'spam_detect')
     assert (run / 'adapters' / 'arabic-without-religious-values' / 'adapter_config.json').exists()
-    for f in ('tasks', 'wvs', 'values', 'value_map'): assert (run / 'figures' / f'evaluate_arabic_{f}.png').stat().st_size > 5000
+    assert (run / 'figures' / 'evaluate_arabic_tasks.png').stat().st_size > 5000
+    for f in ('wvs', 'values', 'value_map'): assert (run / 'figures' / f'alignment_arabic_{f}.png').stat().st_size > 5000
+    assert json.loads((run / 'records' / 'alignment' / 'arabic.json').read_text())['heldout_topic'] == 'RELIGIOUS VALUES'
     V = pd.read_csv(run / 'results' / 'values_arabic.csv')
     assert set(V.model) == {'base', 'arabic', 'One'} and V.groupby('model').size().unique().tolist() == [11]
 
@@ -480,5 +484,5 @@ def test_stage_needs_the_seeds_answers_in_a_run_folder(tmp_path, data_root, monk
     _fake_run(run, cfg)
     (run / 'data' / 'answers' / 'arabic.json').unlink()
     with pytest.raises(pm.PapermillExecutionError, match='run the seeds stage first'):
-        pm.execute_notebook(str(REPO / 'nbs' / '03_evaluate.ipynb'), str(tmp_path / 'out.ipynb'), cwd=str(REPO / 'nbs'), progress_bar=False,
+        pm.execute_notebook(str(REPO / 'nbs' / '03b_alignment.ipynb'), str(tmp_path / 'out.ipynb'), cwd=str(REPO / 'nbs'), progress_bar=False,
                             parameters=dict(culture='arabic', profile='smoke', run_dir=str(run), config_file=str(run / 'config.json')))

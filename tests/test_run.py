@@ -122,7 +122,7 @@ def test_the_figures_the_docs_quote_are_computed_from_a_run(smoke_run):
     assert rec._ci(0.5, float('nan'), float('nan'), sign=True) == '+0.50 (no interval)' and rec._ci(-0.2, -0.4, 0.1, sign=True) == '−0.20 [−0.40, 0.10]'
     if 'evaluate.tasks' in want: assert re.fullmatch(r'\d+ of \d+', S['evaluate.tasks'])
     m = rec.summarise_run(json.loads((out / 'manifest.json').read_text()))
-    assert m['tasks'] == 14 and set(m['stages']) == {'seeds', 'augment', 'finetune', 'evaluate', 'ablation', 'scaling', 'gallery', 'analysis'}
+    assert m['tasks'] == 16 and set(m['stages']) == {'seeds', 'augment', 'finetune', 'evaluate', 'alignment', 'ablation', 'scaling', 'gallery', 'analysis'}
 
 
 def test_every_stage_runs_and_the_report_is_named(smoke_run):
@@ -130,7 +130,7 @@ def test_every_stage_runs_and_the_report_is_named(smoke_run):
     out, r, _ = smoke_run
     m = json.loads((out / 'manifest.json').read_text())
     keys = {k.split('/')[0] for k in m['last_run']}
-    assert keys == {'seeds', 'augment', 'finetune', 'evaluate', 'ablation', 'scaling', 'gallery', 'analysis'}, keys
+    assert keys == {'seeds', 'augment', 'finetune', 'evaluate', 'alignment', 'ablation', 'scaling', 'gallery', 'analysis'}, keys
     bad = {k: (v['status'], v.get('error')) for k, v in m['stages'].items() if v['status'] != 'ok'}
     assert not bad, bad
     assert (out / 'report.md').exists() and f"report: {(out / 'report.md').resolve()}" in r.stdout

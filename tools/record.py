@@ -2,7 +2,7 @@
 benchmarks/results/<name>.json (committed; `tools/make_readme.py` reads the README's timing figures from there).
 
     python tools/record.py run --profile cpu     # the main job: a fresh run folder and an empty call and model cache
-    python tools/record.py run --profile smoke   # the smoke run of all eight stages
+    python tools/record.py run --profile smoke   # the smoke run of all nine stages
     python tools/record.py tests                 # the test command from a fresh clone of HEAD with empty caches
 
 `run` executes `culturellm run --profile P` into a new temporary folder with $CULTURELLM_CACHE pointing at a new empty
@@ -57,9 +57,9 @@ def summarise_run(manifest: dict) -> dict:
                 task_seconds=sum(s['seconds'] for s in stages.values()))
 
 
-def _ci(v, lo, hi, sign=False) -> str:
+def _ci(v, lo, hi, sign=False, digits=2) -> str:
     "'+0.69 [0.31, 0.94]'; without an interval (fewer than two independent units: NaN bounds) '+0.69 (no interval)'."
-    f = (lambda x: f'{x:+.2f}'.replace('-', '−')) if sign else (lambda x: f'{x:.2f}')
+    f = (lambda x: f'{x:+.{digits}f}'.replace('-', '−')) if sign else (lambda x: f'{x:.{digits}f}')
     if lo != lo or hi != hi: return f'{f(v)} (no interval)'
     return f'{f(v)} [{f(lo)}, {f(hi)}]'.replace('[+', '[').replace(', +', ', ')
 
@@ -92,6 +92,19 @@ def study_figures(run: Path) -> dict:
         for m, k in (('base', 'base'), ('arabic', 'tuned'), ('One', 'one'), ('arabic-dist', 'tuned_dist'), ('One-dist', 'one_dist'),
                      ('all-countries average', 'average'), ('uniform', 'uniform')):
             if m in w: out[f'evaluate.arabic_heldout.{k}'] = f'{w[m]:.2f}'
+        splits = {'trained': 'WVS: seed questions (trained)', 'heldout': 'WVS: held-out paraphrases'}
+        splits.update({'topic': t for t in dict.fromkeys(sc.task) if str(t).startswith('WVS: held-out topic')})
+        for c in ('arabic', 'english'):             # trained on the survey's distribution vs on one answer per question
+            for k, split in splits.items():
+                g = sc[(sc.culture == c) & (sc.task == split)]
+                d = g[(g.metric == 'wvs_1-jsd_dist_vs_majority') & (g.model == f'{c}-dist')]
+                if not len(d): continue
+                out[f'dist.{c}.{k}.diff'] = _ci(d.value.iloc[0], d.ci_low.iloc[0], d.ci_high.iloc[0], sign=True, digits=3)
+                out[f'dist.{c}.{k}.n'] = str(int(d.n.iloc[0]))
+                w = g[g.metric == 'wvs_1-jsd'].set_index('model').value
+                for m, kk in (('base', 'base'), (c, 'majority'), (f'{c}-dist', 'dist'), ('uniform', 'uniform'), ('all-countries average', 'average')):
+                    if m in w: out[f'dist.{c}.{k}.{kk}'] = f'{w[m]:.3f}'
+            if 'topic' in splits: out['dist.topic'] = splits['topic'].removeprefix('WVS: held-out topic: ')
     for c in ('arabic', 'english', 'one'):
         a = csv(f'ablation_summary_{c}.csv')
         if a is None: continue
