@@ -293,11 +293,18 @@ def run_study(cfg:Config,                    # the resolved configuration
         rec.update(res, finished=_now()); finish(t, rec)
         say(f"  {rec['status']:8s} {s.name} × {t.culture}  {rec['seconds']}s  [{time.time() - t0:.0f}s elapsed]"
             + (f"\n           {t.out_nb(out)}: {rec['error']}" if rec['error'] else ''))
-    pending, running, ready = list(tasks), {}, {}
+    reads = {t.key: [u for u in tasks if u is not t and u.stage.name in t.stage.reads and reads_culture(u.culture, t.culture)] for t in tasks}
+    below = {t.key: set() for t in tasks}                 # the tasks that read each task, directly or through others
+    for t in tasks:                                       # study order: a task's readers come after it
+        for u in reads[t.key]: below[u.key] |= {t.key} | below[t.key]
+    for t in reversed(tasks):
+        for u in reads[t.key]: below[u.key] |= below[t.key]
+    order = {t.key: i for i, t in enumerate(tasks)}
+    pending, running, ready = sorted(tasks, key=lambda t: (-len(below[t.key]), order[t.key])), {}, {}
     with ThreadPoolExecutor(jobs) as ex:
         while pending or running:
             active = pending + [t for t, _ in running.values()]
-            for t in list(pending):   # in study order: the first ready tasks start first
+            for t in list(pending):   # the ready task that most others wait for starts first (then study order)
                 if any(u is not t and u.stage.name in t.stage.reads and reads_culture(u.culture, t.culture) for u in active): continue
                 rec, run_it = ready.get(t.key) or prepare(t)   # its upstream has finished: the record no longer changes
                 if not run_it: pending.remove(t); settle(t, rec); continue

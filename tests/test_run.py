@@ -338,6 +338,7 @@ def test_stage_graph_orders_and_blocks_by_what_a_stage_reads(tmp_path):
     log = out / 'log'
     t = lambda name: float((log / name).read_text())
     assert t('finetune-korean.start') >= max(t('seeds-korean.end'), t('augment-all.end'))
+    assert t('gallery-all.start') > t('augment-all.start')   # the task most others wait for starts first; the gallery's only reader is the report
     assert not list(log.glob('*.check'))                 # the study run skipped every check cell
     from culturellm.run import STAGE_NAMES
     order = [STAGE_NAMES.index(k.split('/')[0]) for k in m['last_run']]
