@@ -812,6 +812,9 @@ def report_markdown(R:dict,    # `load_run`
               md_table(Tg.assign(jsd_diff=[ci(*x) for x in zip(Tg.jsd_diff, Tg.jsd_lo, Tg.jsd_hi)],
                                  wass_diff=[ci(*x) for x in zip(Tg.wass_diff, Tg.wass_lo, Tg.wass_hi)],
                                  reading=[verdict(lo, hi, True) for lo, hi in zip(Tg.jsd_lo, Tg.jsd_hi)]).drop(columns=['jsd_lo', 'jsd_hi', 'wass_lo', 'wass_hi']))]
+        bars = sorted((Path(R['dir']) / 'figures').glob('alignment_*_answers_*.png'))   # drawn by the alignment stage
+        if bars: L += ["Question by question, the survey's answer shares beside each model's (per split, the questions where the models differ most):\n",
+                       ''.join(f"![{p.stem}](figures/{p.name})\n\n" for p in bars)]
     if 'values' in F['figures']:
         L += ["## Whose values\n", "The country whose survey answers each model's answers resemble most, and the rank of the culture's own countries.\n",
               md_table(values_table(T['values'], _own_countries(R))), _figs(F, 'values')]

@@ -331,3 +331,20 @@ def test_gallery_with_models(tmp_path):
     assert ['tuned-zh', 'zh', 'country', '0.550 [0.450, 0.650]', '0.300'] in geo and ['base', 'zh', 'country', '0.350 [0.250, 0.450]', '0.300'] in geo
     assert 'GeoMLaMA: 2 of 4 (model, language, setting) mean precisions are reliably above their random-ranking baseline' in md
     assert 'setting 1 accuracy 0.500 [0.400, 0.600] vs chance 0.167' in md
+
+
+def test_distribution_targets_in_the_report(tmp_path):
+    "The alignment stage's rows (alignment_<culture>.csv) join the scores; the report states each distribution-trained model against its one-answer twin and shows the per-question bars."
+    from culturellm.analysis import targets_table
+    run = make_run(tmp_path / 'run', parts=('scores',))
+    rows = [dict(culture='arabic', model='arabic-dist', task='WVS: held-out topic: MIGRATION', metric=m, value=v, ci_low=lo, ci_high=hi,
+                 ci_unit='seed question', n=8, status='ok') for m, v, lo, hi in (('wvs_1-jsd_dist_vs_majority', .2, .1, .3),
+                                                                               ('wvs_wasserstein_dist_vs_majority', -.1, -.2, .05))]
+    _csv(run / 'results' / 'alignment_arabic.csv', rows)
+    (run / 'figures').mkdir(exist_ok=True); shutil.copy(REPO / 'nbs' / 'images' / 'country_map.png', run / 'figures' / 'alignment_arabic_answers_x.png')
+    T = targets_table(load_run(run)['tables']['scores'])
+    assert T[['model', 'versus', 'split', 'n', 'jsd_diff', 'wass_hi']].values.tolist() == [['arabic-dist', 'arabic', 'held-out topic: MIGRATION', 8, .2, .05]]
+    md = (Path(build_report(run, ('png',), 60, 200)['report'])).read_text()
+    row = table_rows(md, 'Trained on the distribution vs on one answer')
+    assert row and row[0][-1] == 'closer' and row[0][5] == '0.200 [0.100, 0.300]'   # reading, jsd_diff
+    assert '](figures/alignment_arabic_answers_x.png)' in md
