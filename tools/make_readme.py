@@ -37,7 +37,7 @@ def facts(results: Path = RESULTS) -> dict:
     "{name: text} of every figure the results files hold."
     R = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob('*.json'))}
     F = {}
-    for name, key in (('main_job', 'main'), ('smoke_run', 'smoke')):
+    for name, key in (('main_job', 'main'), ('smoke_run', 'smoke'), ('main_job_jobs2', 'main_jobs2')):
         if name in R: _run_facts(F, key, R[name])
     if 'main_job' in R:
         F.update({f'study.{k}': v for k, v in R['main_job'].get('study', {}).items()})
