@@ -137,7 +137,8 @@ def execute_child(spec:str|None=None, # JSON: input, output, cwd, parameters, st
     with open(a['stderr_file'], 'w') as err:
         pm.execute_notebook(a['input'], a['output'], parameters=a['parameters'], cwd=a['cwd'], progress_bar=False,
                             stderr_file=err, execution_timeout=a.get('timeout'),
-                            skip_cells_with_tag='skip-execution' if a.get('checks') else CHECK_TAG)
+                            skip_cells_with_tag='skip-execution' if a.get('checks') else CHECK_TAG,
+                            shutdown_kernel='immediate')   # every cell has finished: a graceful shutdown sometimes waited ~3 s for the kernel to exit, then killed it
 
 def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=None,
                  on_progress=None,   # called with the notebook's latest progress-bar line while it runs
