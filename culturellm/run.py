@@ -138,7 +138,7 @@ def execute_child(spec:str|None=None, # JSON: input, output, cwd, parameters, st
         pm.execute_notebook(a['input'], a['output'], parameters=a['parameters'], cwd=a['cwd'], progress_bar=False,
                             stderr_file=err, execution_timeout=a.get('timeout'),
                             skip_cells_with_tag='skip-execution' if a.get('checks') else CHECK_TAG,
-                            shutdown_kernel='immediate')   # every cell has finished: a graceful shutdown sometimes waited ~3 s for the kernel to exit, then killed it
+                            shutdown_kernel='immediate')   # every cell has finished: a graceful shutdown sometimes waited seconds for the kernel to exit, then killed it
 
 def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=None,
                  on_progress=None,   # called with the notebook's latest progress-bar line while it runs
@@ -296,10 +296,8 @@ def run_study(cfg:Config,                    # the resolved configuration
             + (f"\n           {t.out_nb(out)}: {rec['error']}" if rec['error'] else ''))
     reads = {t.key: [u for u in tasks if u is not t and u.stage.name in t.stage.reads and reads_culture(u.culture, t.culture)] for t in tasks}
     below = {t.key: set() for t in tasks}                 # the tasks that read each task, directly or through others
-    for t in tasks:                                       # study order: a task's readers come after it
+    for t in reversed(tasks):                             # study order: a task's readers come after it, so theirs are complete
         for u in reads[t.key]: below[u.key] |= {t.key} | below[t.key]
-    for t in reversed(tasks):
-        for u in reads[t.key]: below[u.key] |= below[t.key]
     order = {t.key: i for i, t in enumerate(tasks)}
     pending, running, ready = sorted(tasks, key=lambda t: (-len(below[t.key]), order[t.key])), {}, {}
     with ThreadPoolExecutor(jobs) as ex:
