@@ -95,7 +95,7 @@ class FinetuneConfig:
     lr: float = 5e-4                    # learning rate
     epochs: float = 2.0                 # passes over the training set (ignored where max_steps > 0)
     max_steps: int = 0                  # optimizer steps; 0: from epochs
-    batch_size: int = 8                 # samples per device per step
+    batch_size: int = 8                 # samples per optimizer step (per accumulation step with grad_accum), split among the `processes`
     grad_accum: int = 1                 # gradient accumulation steps
     scheduler: str = 'cosine'           # transformers lr scheduler name
     warmup_ratio: float = 0.03          # share of steps spent warming up
@@ -107,6 +107,7 @@ class FinetuneConfig:
     collator: str = 'packed'            # packed (no padding, shared prefixes once, LM head on answer tokens only) or trl (TRL's default)
     row_tokens: int = 256               # packed row length
     micro_tokens: int = 1024            # tokens per forward pass at most: a step's packed rows run in parts, gradients summed (the same step in less memory); 0: all at once
+    processes: int = 1                  # data-parallel training processes the stage launches itself (torchrun: NCCL on GPUs, gloo on CPUs); adapters do not depend on it
     checkpointing: bool = False         # activation checkpointing: less memory for a third more compute (TRL's default is on)
     save_steps: int = 50                # checkpoint every this many steps (a killed run resumes from the last)
     eval_items: int = 200               # held-out questions scored before and after tuning per culture; 0: all
@@ -117,13 +118,16 @@ class FinetuneConfig:
                     quantize=QUANTIZATIONS)
     _ranges = dict(augmented=(0, None), holdout=(0.0, 0.9), r=(1, None), alpha=(1, None), dropout=(0.0, 1.0), lr=(0.0, None),
                    epochs=(0.0, None), max_steps=(0, None), batch_size=(1, None), grad_accum=(1, None), warmup_ratio=(0.0, 0.99),
-                   weight_decay=(0.0, None), max_grad_norm=(0.0, None), row_tokens=(16, None), micro_tokens=(0, None), save_steps=(1, None), poll_seconds=(0.0, None), dist_samples=(1, None),
+                   weight_decay=(0.0, None), max_grad_norm=(0.0, None), row_tokens=(16, None), micro_tokens=(0, None), processes=(1, None), save_steps=(1, None), poll_seconds=(0.0, None), dist_samples=(1, None),
                    eval_items=(0, None))
     def _validate(self, prefix:str=''):
         if 'majority' not in self.targets:
             raise ConfigError(f"config key '{prefix}targets': expected majority among them (the <culture> adapter the later stages read; "
                               f"seeds.answer_rule=distribution trains it on the survey's distributions), got {self.targets!r}")
         if len(set(self.targets)) < len(self.targets): raise ConfigError(f"config key '{prefix}targets': {self.targets!r} names one twice")
+        if self.batch_size % self.processes:
+            raise ConfigError(f"config key '{prefix}processes': {self.processes} processes cannot split '{prefix}batch_size' {self.batch_size} "
+                              f"evenly (each takes batch_size / processes samples per step); expected a divisor of {self.batch_size}")
 
 SCORINGS = ('logprobs', 'generate', 'compat')
 

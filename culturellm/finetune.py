@@ -5,21 +5,21 @@
 # %% ../nbs/02_finetune.ipynb #f002
 from __future__ import annotations
 
-import functools, json, math, os, shutil, time
+import dataclasses, functools, json, math, os, shutil, time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .config import atomic_write_json, read_jsonl, seed_of, sha256_json, write_jsonl
+from .config import ConfigError, atomic_write_json, read_jsonl, seed_of, sha256_json, write_jsonl
 from .seeds import sft_record, write_chat_jsonl
 
 # %% auto #0
 __all__ = ['DROPOUT_RNG', 'load_augmented', 'lineages', 'split_augmented', 'write_split', 'nested_subset', 'variant_questions',
            'culture_samples', 'one_samples', 'write_sets', 'train_device', 'PackedCollator', 'loss_units',
-           'split_packed', 'bits_dropout', 'use_bits_dropout', 'warmup_steps', 'total_steps', 'load_base', 'take_base',
-           'release_memory', 'training_key', 'train_lora', 'answer_suffix', 'answer_items', 'agreement',
-           'agreement_table']
+           'split_packed', 'bits_dropout', 'use_bits_dropout', 'warmup_steps', 'total_steps', 'device_batch',
+           'load_base', 'take_base', 'release_memory', 'training_key', 'train_lora', 'training_devices',
+           'launch_training', 'answer_suffix', 'answer_items', 'agreement', 'agreement_table']
 
 # %% ../nbs/02_finetune.ipynb #f008
 def _unit_hash(*parts) -> float:
@@ -257,8 +257,16 @@ def _trainer_class():
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()   # the distribution targets' columns reach the collator
             self._signature_columns = list(self._signature_columns) + ['ctx_ids', 'opt_ids', 'opt_p']
+        def _process_share(self, inputs) -> float:
+            "Several processes: this one's loss weighted by its share of the step's targets (or samples), times their number — the gradient they average is then the mean over the whole step's, as one process computes it."
+            n = self.accelerator.num_processes
+            if n == 1 or 'sel_row' not in inputs: return 1.0
+            mine = float(loss_units(inputs))
+            every = self.accelerator.reduce(torch.tensor([mine], device=self.accelerator.device), 'sum')
+            return mine * n / max(float(every.item()), 1.0)
         def training_step(self, model, inputs, num_items_in_batch=None):
             "A packed batch in parts (`PackedCollator.micro_tokens`): each part's loss weighted by its share of the targets (or samples), gradients summed — the same step in less memory."
+            self._dp_scale = self._process_share(inputs)
             parts = split_packed(inputs) if 'part' in inputs else [inputs]
             if len(parts) == 1: return super().training_step(model, inputs, num_items_in_batch)
             total, loss = loss_units(inputs), 0
@@ -286,7 +294,7 @@ def _trainer_class():
             else:
                 loss = torch.nn.functional.cross_entropy(logits, inputs['targets'])
                 self._metrics[mode]['mean_token_accuracy'].append((logits.argmax(-1) == inputs['targets']).float().mean().item())
-            loss = loss * getattr(self, '_loss_scale', 1.0)
+            loss = loss * getattr(self, '_loss_scale', 1.0) * (getattr(self, '_dp_scale', 1.0) if model.training else 1.0)
             if mode == 'train':
                 self._total_train_tokens += int(inputs['row_n'].sum()); self._metrics[mode]['num_tokens'] = [self._total_train_tokens]
             return (loss, out) if return_outputs else loss
@@ -303,16 +311,21 @@ def total_steps(F,                    # a `FinetuneConfig`
                 n_samples:int,        # training samples
                 max_steps:int|None=None, # the run's step limit (default: F's)
                ) -> int:
-    "Optimizer steps a run takes: its step limit, else epochs over the samples (across `WORLD_SIZE` processes)."
+    "Optimizer steps a run takes: its step limit, else epochs over the samples, `batch_size` × `grad_accum` a step however many processes share it."
     steps = F.max_steps if max_steps is None else max_steps
-    per_step = F.batch_size * F.grad_accum * int(os.environ.get('WORLD_SIZE', 1))
-    return steps or math.ceil(math.ceil(n_samples / per_step) * F.epochs)
+    return steps or math.ceil(math.ceil(n_samples / (F.batch_size * F.grad_accum)) * F.epochs)
+
+def device_batch(F, world:int) -> int:
+    "Samples per process per accumulation step: `F.batch_size` split evenly among `world` processes."
+    if F.batch_size % world:
+        raise ValueError(f"finetune.batch_size {F.batch_size} does not split evenly among {world} training processes; expected a multiple of {world}")
+    return F.batch_size // world
 
 def _sft_args(F, out:Path, dev:dict, seed:int, progress:bool, max_steps:int|None=None, n_samples:int=0):
     "TRL `SFTConfig` from a `FinetuneConfig` (`n_samples` sizes the warmup when the steps come from epochs)."
     from trl import SFTConfig
     steps = F.max_steps if max_steps is None else max_steps
-    return SFTConfig(output_dir=str(out), num_train_epochs=F.epochs, max_steps=steps or -1, per_device_train_batch_size=F.batch_size,
+    return SFTConfig(output_dir=str(out), num_train_epochs=F.epochs, max_steps=steps or -1, per_device_train_batch_size=device_batch(F, dev.get('world_size', 1)),
                      gradient_accumulation_steps=F.grad_accum, learning_rate=F.lr, lr_scheduler_type=F.scheduler,
                      warmup_steps=warmup_steps(F.warmup_ratio, total_steps(F, n_samples, max_steps)), weight_decay=F.weight_decay, max_grad_norm=F.max_grad_norm,
                      optim=dev['optim'] if F.optim == 'auto' else F.optim, seed=seed, data_seed=seed,
@@ -403,7 +416,8 @@ def train_lora(F,                       # a `FinetuneConfig`
                collator:str|None=None,  # packed or trl (default: F's)
                callbacks:list|None=None, # transformers `TrainerCallback`s
               ) -> dict:
-    "Train a LoRA adapter with TRL's SFTTrainer (completion-only loss, chat template), resuming from the last checkpoint; returns its `training.json`."
+    "Train a LoRA adapter with TRL's SFTTrainer (completion-only loss, chat template), resuming from the last checkpoint, in `F.processes` data-parallel processes; returns its `training.json`."
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
     out = Path(out); collator = collator or F.collator
@@ -412,6 +426,9 @@ def train_lora(F,                       # a `FinetuneConfig`
     if done.exists() and (out / 'adapter_config.json').exists():
         info = json.loads(done.read_text())
         if info.get('key') == key: return dict(info, reused=True)
+    if F.processes > 1 and 'WORLD_SIZE' not in os.environ:                # launch them; each runs this function
+        if callbacks: raise ValueError(f"{out}: callbacks run in the training process; with finetune.processes {F.processes} there is none here")
+        return launch_training(F, records, out, seed, progress, max_steps, collator)
     dev = train_device(F.precision, F.quantize)
     if dev['note']: print(dev['note'])
     soft = any('dist' in r for r in records)
@@ -435,12 +452,13 @@ def train_lora(F,                       # a `FinetuneConfig`
     res = trainer.train(resume_from_checkpoint=True if resume else None)
     secs = time.time() - t0
     losses = [dict(step=h['step'], loss=h['loss']) for h in trainer.state.log_history if 'loss' in h]
+    tokens = int(trainer.accelerator.reduce(torch.tensor([trainer._total_train_tokens], device=trainer.accelerator.device), 'sum').item())   # every process's
     if not trainer.is_world_process_zero(): return dict(key=key, steps=trainer.state.global_step, rank=trainer.args.process_index)
     tmp = out.parent / f'.{out.name}.tmp{os.getpid()}'            # one process writes the adapter (several GPUs: rank 0)
     trainer.model.save_pretrained(tmp)
     info = dict(key=key, base=ident, config=cfg, data_sha256=data_hash, samples=len(records), steps=trainer.state.global_step,
-                epochs=trainer.state.epoch, seconds=round(secs, 2), resumed=resume, device=dev, losses=losses,
-                tokens=int(trainer._total_train_tokens), train_loss=res.training_loss, targets='distribution' if soft else 'answer')
+                epochs=trainer.state.epoch, seconds=round(secs, 2), resumed=resume, device=dev, world_size=trainer.args.world_size, losses=losses,
+                tokens=tokens, train_loss=res.training_loss, targets='distribution' if soft else 'answer')
     atomic_write_json(tmp / 'training.json', info)
     if out.exists(): shutil.rmtree(out)
     os.replace(tmp, out)
@@ -449,6 +467,51 @@ def train_lora(F,                       # a `FinetuneConfig`
     del trainer, model
     release_memory()
     return info
+
+# %% ../nbs/02_finetune.ipynb #f020L
+def training_devices() -> tuple:
+    "(how many, what) a training process can have here: the visible GPUs, else the CPU cores."
+    import torch
+    if torch.cuda.is_available(): return torch.cuda.device_count(), 'GPUs'
+    return os.cpu_count() or 1, 'CPU cores and no GPU'
+
+def launch_training(F,                  # a `FinetuneConfig` with `processes` > 1
+                    records:list,       # the training samples
+                    out:str|Path,       # adapter folder
+                    seed:int=0, progress:bool=False, max_steps:int|None=None, collator:str|None=None,
+                   ) -> dict:
+    "Train with `F.processes` data-parallel processes launched by torchrun (NCCL on GPUs, gloo on CPUs), each running `train_lora`; returns the `training.json` that rank 0 writes."
+    import subprocess, sys
+    from collections import deque
+    out = Path(out); n = F.processes
+    have, what = training_devices()
+    if n > have: raise ConfigError(f"config key 'finetune.processes': {n} training processes, but this machine has {have} {what}; expected at most {have}")
+    spec = out.parent / f'.{out.name}.launch{os.getpid()}.json'
+    atomic_write_json(spec, dict(F=dataclasses.asdict(F), records=records, out=str(out), seed=seed, progress=progress,
+                                 max_steps=max_steps, collator=collator), indent=None)
+    env = dict(os.environ, CULTURELLM_TRAIN_SPEC=str(spec), PYTHONUNBUFFERED='1')
+    if 'OMP_NUM_THREADS' not in env: env['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // n))   # processes share the cores
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc-per-node={n}', '-m', 'culturellm.finetune']
+    tail = deque(maxlen=20)
+    try:
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+            for line in proc.stdout:                        # their output, as it comes (progress bars are rank 0's)
+                tail.append(line.rstrip())
+                if progress or 'Error' in line: print(line, end='', flush=True)
+        rc = proc.returncode
+    finally: spec.unlink(missing_ok=True)
+    if rc or not (out / 'training.json').exists():
+        last = next((l for l in reversed(tail) if 'Error' in l), tail[-1] if tail else '')
+        raise RuntimeError(f"{out}: training in {n} processes failed (exit {rc}): {last.strip()}")
+    return json.loads((out / 'training.json').read_text())
+
+def _train_worker(spec:str):
+    "One training process of `launch_training`: `train_lora` on the spec it wrote (torchrun set WORLD_SIZE, RANK, LOCAL_RANK)."
+    from culturellm.config import FinetuneConfig, from_dict
+    a = json.loads(Path(spec).read_text())
+    train_lora(from_dict(FinetuneConfig, a['F']), a['records'], a['out'], a['seed'], a['progress'], a['max_steps'], a['collator'])
+
+if __name__ == '__main__' and os.environ.get('CULTURELLM_TRAIN_SPEC'): _train_worker(os.environ['CULTURELLM_TRAIN_SPEC'])   # torchrun -m culturellm.finetune
 
 # %% ../nbs/02_finetune.ipynb #f022
 def answer_suffix(tok) -> str:

@@ -54,11 +54,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get('CULTURELLM_CACHE') or Path.home() / '.cache' / 'culturellm')
 
 class CallCache:
-    "Content-addressed, multi-process-safe cache of model calls on disk, with hit/miss and token counts."
+    "Content-addressed, multi-process-safe cache of model calls on disk, with hit/miss and token counts (of the calls computed, and of those answered from the cache)."
     def __init__(self, path:str|Path|None=None, enabled:bool=True):
         self.path = Path(path) if path else default_cache_dir() / 'calls'
         self.enabled, self.hits, self.misses = enabled, 0, 0
         self.tokens_in, self.tokens_out = 0, 0
+        self.cached_in, self.cached_out = 0, 0   # the tokens a hit's entry recorded when it was computed
         self._lock = threading.Lock()
 
     def key(self, identity:dict, method:str, params:dict, item) -> str:
@@ -69,13 +70,13 @@ class CallCache:
 
     def get(self, key:str):
         "The cached value of `key`, or None (counted as a hit or a miss)."
-        v = None
+        v, e = None, {}
         if self.enabled:
-            try: v = json.loads(self._file(key).read_text())['value']
-            except (FileNotFoundError, json.JSONDecodeError, KeyError): v = None
+            try: e = json.loads(self._file(key).read_text()); v = e['value']
+            except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError): v, e = None, {}
         with self._lock:
             if v is None: self.misses += 1
-            else: self.hits += 1
+            else: self.hits += 1; self.cached_in += e.get('tokens_in', 0); self.cached_out += e.get('tokens_out', 0)
         return v
 
     def put(self, key:str, value, tokens_in:int=0, tokens_out:int=0):
@@ -84,8 +85,9 @@ class CallCache:
         if self.enabled: atomic_write_json(self._file(key), {'value': value, 'tokens_in': tokens_in, 'tokens_out': tokens_out}, indent=None)
 
     def stats(self) -> dict:
-        "Counts since this object was made: hits, misses, tokens in and out."
-        return dict(hits=self.hits, misses=self.misses, tokens_in=self.tokens_in, tokens_out=self.tokens_out)
+        "Counts since this object was made: hits, misses, tokens in and out of the calls computed (misses), and of the calls answered from the cache (hits)."
+        return dict(hits=self.hits, misses=self.misses, tokens_in=self.tokens_in, tokens_out=self.tokens_out,
+                    cached_tokens_in=self.cached_in, cached_tokens_out=self.cached_out)
 
 # %% ../nbs/00a_llm.ipynb #c013
 def cached_map(cache:CallCache|None, identity:dict, method:str, params:dict, items:list, compute,

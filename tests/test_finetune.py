@@ -200,3 +200,32 @@ def test_a_step_in_parts_is_the_same_step(tmp_path):
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)   # Adam's steps: rounding-level differences (weights ~0.1)
     assert [x['loss'] for x in runs[64]['losses']] == pytest.approx([x['loss'] for x in runs[0]['losses']], abs=1e-5)
     assert runs[64]['tokens'] == runs[0]['tokens']
+
+
+def test_two_processes_train_the_one_process_adapter(tmp_path):
+    """`finetune.processes=2` launches two training processes (torchrun, gloo on CPUs) that split each step's batch:
+    same key, same losses (to 1e-4 in fp32, no dropout) and weights as one process; `world_size` recorded; the
+    adapter loads and scores; and a run with one process reuses it."""
+    from safetensors.torch import load_file
+    from culturellm.config import ConfigError
+    recs = samples()[:32]
+    kw = dict(max_steps=4, batch_size=8, dropout=0.0, precision='fp32', save_steps=100)
+    one = train_lora(smoke(processes=1, **kw), recs, tmp_path / 'p1', seed=0)
+    two = train_lora(smoke(processes=2, **kw), recs, tmp_path / 'p2', seed=0)
+    assert (one['world_size'], two['world_size'], one['key']) == (1, 2, two['key'])
+    assert [x['loss'] for x in two['losses']] == pytest.approx([x['loss'] for x in one['losses']], abs=1e-4)
+    assert two['tokens'] == one['tokens'] and two['steps'] == 4
+    a, b = (load_file(tmp_path / d / 'adapter_model.safetensors') for d in ('p1', 'p2'))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    assert not list(tmp_path.glob('.p2.launch*')), "the launch spec is removed"
+    lm = LocalLM(model='tiny-random', dtype='fp32')
+    lm.load_adapter(tmp_path / 'p2', 'p2')
+    rows = [(q, q.text, 'seed') for q in QS[:3]]
+    C = CULTURES['korean']
+    got = agreement(lm, rows, C, culture_answers(C, wvs_counts(C)), 'p2', answer_suffix(lm.tok))
+    assert len(got) == 3 and got['p_gold'].between(0, 1).all()
+    assert train_lora(smoke(processes=1, **kw), recs, tmp_path / 'p2', seed=0)['reused']
+    with pytest.raises(ConfigError, match="finetune.processes.*expected at most"):
+        train_lora(smoke(processes=64, **kw), recs, tmp_path / 'p64', seed=0)
+    with pytest.raises(ConfigError, match="cannot split"):
+        get_config('smoke', {'finetune': {'processes': 3, 'batch_size': 8}})
