@@ -20,6 +20,7 @@ py_versions = "3.11 3.12 3.13".split()
 requirements = shlex.split(cfg.get("requirements", ""))
 dev_requirements = shlex.split(cfg.get("dev_requirements", ""))
 bench_requirements = shlex.split(cfg.get("bench_requirements", ""))  # benchmarks/: the named baselines
+ray_requirements = shlex.split(cfg.get("ray_requirements", ""))  # `culturellm run --executor ray`
 min_python = cfg["min_python"]
 lic = licenses[cfg["license"].lower()]
 
@@ -36,7 +37,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={"culturellm": ["data/*.json"]},
     install_requires=requirements,
-    extras_require={"dev": dev_requirements, "bench": bench_requirements},
+    extras_require={"dev": dev_requirements, "bench": bench_requirements, "ray": ray_requirements},
     dependency_links=cfg.get("dep_links", "").split(),
     python_requires=">=" + cfg["min_python"],
     long_description=open("README.md", encoding="utf-8").read(),

@@ -16,9 +16,10 @@ __all__ = ['ANSWER_RULES', 'PROMPT_STYLES', 'WVS_SOURCES', 'PROFILE_NAMES', 'AUG
            'FINETUNE_VARIANTS', 'COLLATORS', 'PRECISIONS', 'QUANTIZATIONS', 'FINETUNE_TARGETS', 'ALL_LINEAR',
            'SCORINGS', 'GALLERY_NORMS', 'GALLERY_QE', 'FIGURE_FORMATS', 'ABLATION_VARIANTS', 'LORA_PRESETS', 'PROFILES',
            'DATA_HELP', 'ConfigError', 'SeedsConfig', 'AugmentConfig', 'FinetuneConfig', 'EvaluateConfig',
-           'GalleryConfig', 'ScalingConfig', 'AnalysisConfig', 'AblationConfig', 'Config', 'from_dict', 'parse_sets',
-           'get_config', 'config_to_dict', 'load_config', 'data_root', 'atomic_write_bytes', 'atomic_write_text',
-           'atomic_write_json', 'write_jsonl', 'read_jsonl', 'sha256_bytes', 'sha256_file', 'seed_of', 'sha256_json']
+           'GalleryConfig', 'ScalingConfig', 'AnalysisConfig', 'AblationConfig', 'StageResources', 'ResourcesConfig',
+           'Config', 'from_dict', 'parse_sets', 'get_config', 'config_to_dict', 'load_config', 'data_root',
+           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'write_jsonl', 'read_jsonl', 'sha256_bytes',
+           'sha256_file', 'seed_of', 'sha256_json']
 
 # %% ../nbs/08_config.ipynb #c007
 class ConfigError(ValueError):
@@ -233,6 +234,28 @@ class AblationConfig:
                    open_questions=(0, None), open_tokens=(1, None), forgetting_items=(0, None), forgetting_tokens=(1, None), n_boot=(100, None))
 
 @dataclass
+class StageResources:
+    "What one task of a stage asks for: whole GPUs and CPU cores (the Ray executor requests them; `--jobs` gives side-by-side kernels their own GPUs)."
+    gpus: typing.Optional[int] = None   # None: one where GPUs exist and the stage runs a model, else none; a stage that trains gets at least finetune.processes
+    cpus: float = 1.0                   # CPU cores (a stage that trains on CPUs gets at least finetune.processes)
+    _ranges = dict(gpus=(0, None), cpus=(0.0, None))
+
+def _res(**kw): return field(default_factory=lambda: StageResources(**kw))
+
+@dataclass
+class ResourcesConfig:
+    "Per stage, what one of its tasks asks for (`resources.finetune.gpus=2`)."
+    seeds: StageResources = _res(gpus=0)
+    augment: StageResources = _res()
+    finetune: StageResources = _res()
+    evaluate: StageResources = _res()
+    alignment: StageResources = _res()
+    ablation: StageResources = _res()
+    scaling: StageResources = _res()
+    gallery: StageResources = _res()
+    analysis: StageResources = _res(gpus=0)
+
+@dataclass
 class Config:
     "The whole study configuration; `profile` names the preset it was built from."
     profile: str = 'smoke'              # smoke, cpu or paper
@@ -248,6 +271,7 @@ class Config:
     ablation: AblationConfig = field(default_factory=AblationConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     _choices = dict(profile=PROFILE_NAMES)
 
 # %% ../nbs/08_config.ipynb #c011
@@ -280,7 +304,8 @@ PROFILES = {
                           'camel_categories': ['food', 'female_names', 'male_names'], 'tune_languages': ['zh'],
                           'max_instructions': 10, 'translate_tokens': 32, 'qe': 'roundtrip', 'qe_threshold': 0.2, 'tune_steps': 4,
                           'tune_r': 16, 'tune_alpha': 32, 'tune_lr': 5e-4}},
-    'paper': {'ablation': {'judge_model': 'gpt-4o-2024-08-06', 'judge_base_url': 'https://api.openai.com/v1', 'open_questions': 100},
+    'paper': {'resources': {s: {'cpus': 4.0} for s in ('augment', 'finetune', 'evaluate', 'alignment', 'ablation', 'scaling', 'gallery')},
+              'ablation': {'judge_model': 'gpt-4o-2024-08-06', 'judge_base_url': 'https://api.openai.com/v1', 'open_questions': 100},
               'analysis': {'dpi': 200, 'n_boot': 2000}, 'cultures': ['all'], 'seeds': {'source': 'microdata'},
               'scaling': {'sizes': ['0', '50', '100', '150', '500', '1000', 'all']},
               'augment': {'model': 'Qwen/Qwen2.5-7B-Instruct'},

@@ -5,7 +5,7 @@
 # %% ../nbs/09_run.ipynb #c001
 from __future__ import annotations
 
-import argparse, json, os, platform, re, subprocess, sys, time, datetime
+import argparse, json, math, os, platform, re, subprocess, sys, time, datetime
 from concurrent.futures import ThreadPoolExecutor, wait, FIRST_COMPLETED
 from dataclasses import dataclass
 from importlib import metadata
@@ -18,10 +18,12 @@ from .config import (Config, ConfigError, get_config, parse_sets, config_to_dict
                                atomic_write_json, sha256_file, sha256_json, PROFILE_NAMES, ANSWER_RULES)
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_NAMES', 'MANIFEST_PACKAGES', 'CHECK_TAG', 'DEFAULT_JOBS', 'Stage', 'reads_culture', 'select_stages',
-           'stage_tasks', 'find_nbs', 'code_fingerprint', 'data_fingerprint', 'package_versions', 'git_revision',
-           'Task', 'notebook_error', 'execute_child', 'execute_task', 'last_progress', 'default_jobs', 'run_study',
-           'summarise', 'main']
+__all__ = ['STAGES', 'STAGE_NAMES', 'MANIFEST_PACKAGES', 'CHECK_TAG', 'MODEL_STAGES', 'TRAINING_STAGES', 'EXECUTION_KEYS',
+           'EXECUTORS', 'FORWARD_ENV', 'DEFAULT_JOBS', 'Stage', 'reads_culture', 'select_stages', 'stage_tasks',
+           'find_nbs', 'code_fingerprint', 'data_fingerprint', 'package_versions', 'git_revision', 'Task',
+           'notebook_error', 'execute_child', 'execute_task', 'last_progress', 'visible_gpus', 'task_resources',
+           'hashed_config', 'GpuPool', 'check_resources', 'update_manifest', 'forwarded_env', 'RayExecutor',
+           'default_jobs', 'run_study', 'summarise', 'main']
 
 # %% ../nbs/09_run.ipynb #c007
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def data_fingerprint(root:Path|None) -> str|None:
 
 # %% ../nbs/09_run.ipynb #c015
 MANIFEST_PACKAGES = ['culturellm', 'nbdev', 'papermill', 'numpy', 'pandas', 'scipy', 'scikit-learn', 'matplotlib',
-                     'torch', 'transformers', 'peft', 'trl', 'accelerate', 'sentence-transformers', 'openai']
+                     'torch', 'transformers', 'peft', 'trl', 'accelerate', 'sentence-transformers', 'openai', 'ray']
 
 def package_versions(names=MANIFEST_PACKAGES) -> dict:
     "Installed versions of the packages the study uses (absent ones left out)."
@@ -144,6 +146,7 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
                  on_progress=None,   # called with the notebook's latest progress-bar line while it runs
                  threads:int|None=None, # CPU threads of the kernel's math libraries (OMP/MKL/torch); None: theirs
                  checks:bool=False,  # also execute the chapter's check cells
+                gpus:list|None=None, # the GPUs the kernel may use (CUDA_VISIBLE_DEVICES); None: what this process sees
                 ) -> dict:
     "Execute `task`'s notebook with papermill in a subprocess; {'status', 'seconds', 'peak_rss_mb', 'error'} (the peak, in MiB: the largest resident set of papermill and its kernel)."
     dst = task.out_nb(out); dst.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +162,7 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
     env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}   # the kernel's inline backend puts figures into the executed notebook
     env['PYTHONUNBUFFERED'] = '1'
     if threads and 'OMP_NUM_THREADS' not in os.environ: env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(threads)
+    if gpus is not None: env['CUDA_VISIBLE_DEVICES'] = ','.join(gpus)   # side-by-side kernels: each its own GPUs
     with open(log, 'w') as lf:
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
         while True:                          # wait4: the exit status and the peak memory of the process and its reaped children
@@ -194,6 +198,147 @@ def last_progress(path:Path,        # a stderr file that progress bars write to
             return ' '.join((desc.strip() + ' ' + (rest[bar_end + 1:] if bar_end >= 0 else rest).strip()).split())
     return None
 
+# %% ../nbs/09_run.ipynb #c019s
+MODEL_STAGES = ('augment', 'finetune', 'evaluate', 'alignment', 'ablation', 'scaling', 'gallery')   # stages that run a model
+TRAINING_STAGES = ('finetune', 'ablation', 'scaling')   # stages that train through `train_lora` (with finetune.processes)
+EXECUTION_KEYS = ('resources', 'finetune.processes')   # settings of how a run executes, not of what it computes: left out of input hashes
+
+def visible_gpus(env:dict|None=None, # the environment to read (default: this process's)
+                ) -> list:
+    "The GPUs a process may use, as `CUDA_VISIBLE_DEVICES` names them (else nvidia-smi's indices); [] without any."
+    env = os.environ if env is None else env
+    if 'CUDA_VISIBLE_DEVICES' in env:
+        out = []
+        for d in env['CUDA_VISIBLE_DEVICES'].split(','):
+            if not d.strip() or d.strip().startswith('-'): break        # CUDA stops at the first invalid entry
+            out.append(d.strip())
+        return out
+    try: r = subprocess.run(['nvidia-smi', '--query-gpu=index', '--format=csv,noheader'], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired): return []
+    return [l.strip() for l in r.stdout.splitlines() if l.strip()] if r.returncode == 0 else []
+
+def task_resources(cfg:Config, stage:str, gpus_exist:bool) -> dict:
+    "{'gpus', 'cpus'} one task of `stage` asks for: `resources.<stage>`; gpus None is one for a stage that runs a model where GPUs exist, else none; a stage that trains gets `finetune.processes` GPUs (on GPUs) or cores (on CPUs) at least."
+    r = getattr(cfg.resources, stage)
+    g = r.gpus if r.gpus is not None else int(gpus_exist and stage in MODEL_STAGES)
+    n = cfg.finetune.processes if stage in TRAINING_STAGES else 1
+    if g and n > 1: g = max(g, n)
+    return dict(gpus=g, cpus=max(r.cpus, float(n)) if stage in TRAINING_STAGES and not g else r.cpus)
+
+def hashed_config(cfgd:dict) -> dict:
+    "The configuration as input hashes see it: without the `EXECUTION_KEYS` (an adapter trained by 4 processes is the one 1 process trains)."
+    d = json.loads(json.dumps(cfgd))
+    for k in EXECUTION_KEYS:
+        *path, last = k.split('.'); node = d
+        for p in path: node = node.get(p, {})
+        node.pop(last, None)
+    return d
+
+class GpuPool:
+    "The GPUs that side-by-side tasks share: a task takes whole devices while it runs and gives them back after."
+    def __init__(self, ids:list): self.ids, self.free = list(ids), list(ids)
+    @property
+    def total(self) -> int: return len(self.ids)
+    def take(self, n:int) -> list|None:
+        "`n` free GPUs (the first in order), or None where fewer are free."
+        if n > len(self.free): return None
+        got, self.free = self.free[:n], self.free[n:]
+        return got
+    def give(self, got:list):
+        "Give back what `take` gave."
+        self.free = [i for i in self.ids if i in set(self.free) | set(got)]
+
+def check_resources(cfg:Config, stages:list, gpus:list, cores:int, where:str='this machine',
+                    cpus:bool=False,   # also check the stages' cores (a Ray task that asks for more than a node has never starts)
+                   ) -> None:
+    "Raise `ConfigError` before any work where a selected stage asks for more GPUs (or, with `cpus`, cores) than there are, or `finetune.processes` exceeds the devices."
+    n = cfg.finetune.processes
+    if n > 1 and any(s.name in TRAINING_STAGES for s in stages):
+        have, what = (len(gpus), 'GPUs') if gpus else (cores, 'CPU cores and no GPU')
+        if n > have: raise ConfigError(f"config key 'finetune.processes': {n} training processes, but {where} has {have} {what}; expected at most {have}")
+    for s in stages:
+        r = getattr(cfg.resources, s.name)
+        g = task_resources(cfg, s.name, bool(gpus))['gpus']
+        if (r.gpus or 0) > len(gpus) or (gpus and g > len(gpus)):
+            raise ConfigError(f"config key 'resources.{s.name}.gpus': a task asks for {g} GPUs, but {where} has {len(gpus)}; expected at most {len(gpus)}")
+        c = task_resources(cfg, s.name, bool(gpus))['cpus']
+        if cpus and c > cores:
+            raise ConfigError(f"config key 'resources.{s.name}.cpus': a task asks for {c:g} cores, but {where} has {cores}; expected at most {cores}")
+
+# %% ../nbs/09_run.ipynb #c019u
+EXECUTORS = ('local', 'ray')
+
+def update_manifest(path:Path,    # the run's manifest.json
+                    change,       # a function that edits the manifest dict in place
+                   ) -> dict:
+    "Apply `change` to the manifest on disk under a file lock and write it by atomic replace: writers in several processes (or nodes, on a filesystem with POSIX locks) keep each other's entries."
+    from culturellm.llm import file_lock
+    path = Path(path)
+    with file_lock(path.with_name('.manifest.lock')):
+        m = json.loads(path.read_text()) if path.exists() else {}
+        change(m); atomic_write_json(path, m)
+    return m
+
+FORWARD_ENV = ('CULTURELLM_', 'HF_', 'TRANSFORMERS_', 'OPENAI_', 'PYTHONPATH')   # the driver's settings a Ray worker's notebooks get
+
+def forwarded_env(env:dict|None=None) -> dict:
+    "The variables of `env` (default: this process's) that a task on another node needs to see the same data, caches and keys."
+    env = os.environ if env is None else env
+    return {k: v for k, v in env.items() if k.startswith(FORWARD_ENV)}
+
+def _reachable(address:str):
+    "Raise `ConfigError` unless something listens at a Ray address host:port (seconds, not Ray's minute of retries)."
+    import socket
+    host, _, port = address.rpartition(':')
+    if not host or not port.isdigit(): raise ConfigError(f"--ray-address {address!r}: expected HOST:PORT (e.g. 10.0.0.1:6379), 'auto' or 'local'")
+    try: socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e: raise ConfigError(f"--ray-address {address}: no Ray cluster answers there ({e.strerror or e}); start one with `ray start --head` or give its address") from None
+
+def _ray_task(task, out, nbs, params, timeout, threads, checks, env):
+    "What a Ray worker runs: the task's notebook, as `execute_task` runs it locally (Ray has set CUDA_VISIBLE_DEVICES to the task's GPUs)."
+    os.environ.update(env)
+    return execute_task(task, Path(out), Path(nbs), params, timeout, None, threads, checks)
+
+class RayExecutor:
+    "Runs each task as a Ray task asking for its stage's resources, on the cluster at `address` (else $RAY_ADDRESS, else a local one started here); `submit` gives a `concurrent.futures.Future`."
+    def __init__(self, address:str|None=None):
+        try: import ray
+        except ImportError: raise ConfigError("--executor ray: Ray is not installed; pip install 'culturellm[ray]'") from None
+        self.ray, addr = ray, address or os.environ.get('RAY_ADDRESS') or None
+        if addr not in (None, 'auto', 'local'): _reachable(addr)
+        kw = dict(include_dashboard=False, num_cpus=os.cpu_count()) if addr in (None, 'local') else {}
+        try: ray.init(address=addr, log_to_driver=False, logging_level='ERROR', **kw)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"--ray-address {addr}: cannot join the Ray cluster ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        self.address = addr or 'local'
+        self.nodes = [n for n in ray.nodes() if n.get('Alive')]
+        self.max_cpus = int(max((n['Resources'].get('CPU', 0) for n in self.nodes), default=0))
+        self.max_gpus = int(max((n['Resources'].get('GPU', 0) for n in self.nodes), default=0))
+        self._fn = ray.remote(_ray_task)
+    def describe(self) -> dict:
+        "What the manifest records of the cluster."
+        tot = self.ray.cluster_resources()
+        return dict(name='ray', address=self.address, ray=self.ray.__version__, nodes=len(self.nodes), cpus=tot.get('CPU', 0), gpus=tot.get('GPU', 0))
+    def check_folder(self, out:Path, nbs:Path):
+        "Raise `ConfigError` unless every node sees the run folder and the notebooks (each checks a probe file written here)."
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        probe = out / f'.ray-probe-{os.getpid()}'
+        probe.write_text('culturellm')
+        try:
+            sees = self.ray.remote(lambda paths: [p for p in paths if not os.path.exists(p)])
+            refs = [sees.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n['NodeID'], soft=False)).remote([str(probe), str(nbs / '00_seeds.ipynb')])
+                    for n in self.nodes]
+            for n, missing in zip(self.nodes, self.ray.get(refs, timeout=300)):
+                if missing: raise ConfigError(f"run folder {out}: Ray node {n['NodeManagerAddress']} does not see {missing[0]}; "
+                                              "the run folder and the notebooks must be on a filesystem every node mounts at the same path")
+        finally: probe.unlink(missing_ok=True)
+    def submit(self, t:Task, res:dict, out:Path, nbs:Path, params:dict, timeout:int|None, checks:bool):
+        "The task as a Ray task with `res` (gpus, cpus); a Future of `execute_task`'s record."
+        threads = max(1, math.ceil(res['cpus']))
+        fn = self._fn.options(num_cpus=res['cpus'], num_gpus=res['gpus'], max_retries=0, name=t.key)
+        return fn.remote(t, str(out), str(nbs), params, timeout, threads, checks, forwarded_env()).future()
+    def close(self): self.ray.shutdown()
+
 # %% ../nbs/09_run.ipynb #c020
 def _now() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
@@ -228,24 +373,46 @@ def run_study(cfg:Config,                    # the resolved configuration
               progress:bool=True,            # show a progress bar and a line per task
               timeout:int|None=None,         # per-cell execution timeout in seconds
               checks:bool=False,             # also execute the chapters' check cells (the test command does)
+              executor:str='local',          # local (this machine), or ray (a Ray cluster)
+              ray_address:str|None=None,     # with ray: the cluster's HOST:PORT (default: $RAY_ADDRESS, else a local cluster)
              ) -> dict:
     "Execute the study into `out` in stage-graph order; returns the manifest (also written to `out/manifest.json`)."
     from culturellm.seeds import load_cultures, resolve_cultures
-    out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out).resolve()
     nbs = find_nbs(nbs); sel = select_stages(stages)
     cultures = resolve_cultures(cfg.cultures, load_cultures(cfg.cultures_file))
-    if jobs < 1: raise ConfigError(f"--jobs {jobs}: expected a positive number")
+    if executor not in EXECUTORS: raise ConfigError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    if jobs is not None and jobs < 1: raise ConfigError(f"--jobs {jobs}: expected a positive number")
+    tasks = [Task(s, c) for s in sel for c in stage_tasks(s, cultures, cfg)]
+    rx = RayExecutor(ray_address) if executor == 'ray' else None   # joins the cluster: an unreachable address fails here
+    try:
+        if rx:
+            gpus = ['gpu'] * rx.max_gpus; check_resources(cfg, sel, gpus, rx.max_cpus, "the Ray cluster's largest node", cpus=True)
+        else: gpus = visible_gpus(); check_resources(cfg, sel, gpus, os.cpu_count() or 1)
+        out.mkdir(parents=True, exist_ok=True)
+        if rx: rx.check_folder(out, nbs)
+    except BaseException:
+        if rx: rx.close()
+        raise
+    jobs = jobs or (len(tasks) if rx else 1)           # Ray queues tasks by their resources
+    pool = GpuPool(gpus) if gpus and not rx else None
     cfgd = config_to_dict(cfg)
     atomic_write_json(out / 'config.json', cfgd)
     mpath = out / 'manifest.json'
     old = json.loads(mpath.read_text()).get('stages', {}) if mpath.exists() else {}
     root = data_root(cfg, required=False)
-    fp = {'code': code_fingerprint(), 'config': sha256_json(cfgd), 'data': data_fingerprint(root)}
+    fp = {'code': code_fingerprint(), 'config': sha256_json(hashed_config(cfgd)), 'data': data_fingerprint(root)}
     manifest = {'culturellm': culturellm.__version__, 'created': _now(), 'python': platform.python_version(),
                 'platform': platform.platform(), 'git': git_revision(), 'packages': package_versions(),
                 'profile': cfg.profile, 'seed': cfg.seed, 'cultures': cultures, 'data_root': str(root) if root else None,
                 'jobs': jobs, 'checks': checks, 'stages': dict(old), 'last_run': []}   # entries of stages not run this time are kept
-    tasks = [Task(s, c) for s in sel for c in stage_tasks(s, cultures, cfg)]
+    manifest['executor'] = rx.describe() if rx else dict(name='local', gpus=gpus, cpus=os.cpu_count())
+    def save(keys=()) -> dict:
+        "Write the run's fields and the records of tasks `keys` into the manifest on disk, keeping the entries others wrote."
+        def change(m):
+            stages_ = m.get('stages', {}); m.update({k: v for k, v in manifest.items() if k != 'stages'})
+            m['stages'] = dict(stages_, **{k: manifest['stages'][k] for k in keys})
+        return update_manifest(mpath, change)
     bar = _bar(len(tasks), progress); t0 = time.time()
     def say(msg):
         if progress: (bar.write if bar else print)(msg)
@@ -254,7 +421,7 @@ def run_study(cfg:Config,                    # the resolved configuration
     said_missing = set()
     def finish(t, rec):
         manifest['stages'][t.key] = rec; manifest['last_run'].append(t.key)
-        manifest['updated'] = _now(); atomic_write_json(mpath, manifest)
+        manifest['updated'] = _now(); save([t.key])
         if bar: bar.update(1)
     def prepare(t) -> tuple:
         "(the task's record, whether it runs): missing, blocked or reused records are final; the others carry the input hash."
@@ -302,26 +469,33 @@ def run_study(cfg:Config,                    # the resolved configuration
     pending, running, ready = sorted(tasks, key=lambda t: (-len(below[t.key]), order[t.key])), {}, {}
     with ThreadPoolExecutor(jobs) as ex:
         while pending or running:
-            active = pending + [t for t, _ in running.values()]
+            active = pending + [t for t, _, _ in running.values()]
             for t in list(pending):   # the ready task that most others wait for starts first (then study order)
                 if any(u is not t and u.stage.name in t.stage.reads and reads_culture(u.culture, t.culture) for u in active): continue
                 rec, run_it = ready.get(t.key) or prepare(t)   # its upstream has finished: the record no longer changes
                 if not run_it: pending.remove(t); settle(t, rec); continue
                 if len(running) >= jobs: ready[t.key] = (rec, run_it); continue
+                need = task_resources(cfg, t.stage.name, bool(gpus))
+                got = pool.take(need['gpus']) if pool else None
+                if pool and got is None: ready[t.key] = (rec, run_it); continue   # waits for GPUs to be given back
                 pending.remove(t)
-                f = ex.submit(execute_task, t, out, nbs, dict(params, culture=t.culture), timeout, _reporter(t, bar, progress), threads, checks)
-                running[f] = (t, rec)
-            if bar and running: bar.set_postfix_str(', '.join(f"{t.stage.name} × {t.culture}" for t, _ in running.values())[:100])
+                if rx: f = rx.submit(t, need, out, nbs, dict(params, culture=t.culture), timeout, checks)
+                else: f = ex.submit(execute_task, t, out, nbs, dict(params, culture=t.culture), timeout, _reporter(t, bar, progress), threads, checks, got)
+                running[f] = (t, rec, got)
+            if bar and running: bar.set_postfix_str(', '.join(f"{t.stage.name} × {t.culture}" for t, _, _ in running.values())[:100])
             if not running: continue
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for f in done: collect(*running.pop(f), f)
+            for f in done:
+                t, rec, got = running.pop(f)
+                if pool and got is not None: pool.give(got)
+                collect(t, rec, f)
     ran = set(manifest['last_run']); manifest['last_run'] = [t.key for t in tasks if t.key in ran]   # study order
     if bar: bar.close()
     manifest['wall_seconds'] = round(time.time() - t0, 2)
     peaks = [manifest['stages'][k].get('peak_rss_mb') for k in manifest['last_run']]
     manifest['peak_rss_mb'] = max([x for x in peaks if isinstance(x, (int, float))], default=None)   # the largest task's
-    atomic_write_json(mpath, manifest)
-    return manifest
+    if rx: rx.close()
+    return save()
 
 # %% ../nbs/09_run.ipynb #c024
 def summarise(m:dict) -> tuple:
@@ -356,6 +530,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--force', action='store_true', help='rerun stages that could be reused')
     r.add_argument('--timeout', type=int, help='per-cell timeout in seconds')
     r.add_argument('--checks', action='store_true', help="also execute the chapters' check cells (the test command runs them)")
+    r.add_argument('--executor', default='local', choices=EXECUTORS, help='where tasks run: local (this machine) or ray (a Ray cluster)')
+    r.add_argument('--ray-address', metavar='HOST:PORT', help='with --executor ray: the cluster to join (default: $RAY_ADDRESS, else a local cluster)')
     c = sub.add_parser('cultures', help='list the cultures')
     c.add_argument('--json', action='store_true'); c.add_argument('--cultures-file', help='YAML/JSON file adding cultures')
     a = sub.add_parser('answers', help="print a culture's answers to the 50 WVS questions")
@@ -403,7 +579,8 @@ def _cmd_run(args):
     cfg = get_config(args.profile, parse_sets(args.set + ([f"cultures=[{args.cultures}]"] if args.cultures else [])), args.config)
     out = Path(args.out or Path('outputs') / args.profile)
     print(f"culturellm run: profile {cfg.profile}, cultures {', '.join(cfg.cultures)}, into {out}", file=sys.stderr)
-    m = run_study(cfg, out, args.stages, args.jobs if args.jobs is not None else default_jobs(cfg.profile), args.nbs, args.force, True, args.timeout, args.checks)
+    jobs = args.jobs if args.jobs is not None else (None if args.executor == 'ray' else default_jobs(cfg.profile))
+    m = run_study(cfg, out, args.stages, jobs, args.nbs, args.force, True, args.timeout, args.checks, args.executor, args.ray_address)
     lines, rc = summarise(m)
     peak = f", peak memory {m['peak_rss_mb'] / 1024:.1f} GiB (its largest task)" if m.get('peak_rss_mb') else ''
     print(f"\n{out}/manifest.json — {len(m['last_run'])} tasks in {m['wall_seconds']:.1f}s{peak}")

@@ -39,13 +39,7 @@ def test_papermill_injects_culture(tmp_path):
     assert len(rows) == 50 and rows[0]['messages'][0]['content'] == CULTURES['korean'].system_prompt
 
 
-@pytest.fixture(scope='module')
-def smoke_run(tmp_path_factory):
-    "One `culturellm run --profile smoke` into a fresh folder, timed."
-    out = tmp_path_factory.mktemp('run') / 'smoke'
-    t = time.time()
-    r = cli('run', '--profile', 'smoke', '--out', str(out))
-    return out, r, time.time() - t
+# `smoke_run`: one smoke run shared by the test modules (tests/conftest.py)
 
 
 def test_smoke_run_folder(smoke_run):
@@ -314,6 +308,7 @@ def _fake_nbs(folder: Path) -> Path:
                 f"(log / f'{s.name}-{{culture}}.start').write_text(repr(time.time()))\n"
                 + ("if culture == 'chinese': raise ValueError('no data for chinese')\n" if s.name == 'seeds' else '')
                 + "time.sleep(0.2)\n"
+                f"import os; (log / f'{s.name}-{{culture}}.gpus').write_text(os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)'))\n"
                 f"(log / f'{s.name}-{{culture}}.end').write_text(repr(time.time()))")
         chk = nbformat.v4.new_code_cell(f"(Path(run_dir) / 'log' / f'{s.name}-{{culture}}.check').write_text('ran')"); chk.metadata['tags'] = ['check']
         nb.cells = [p, nbformat.v4.new_code_cell(body), chk]
@@ -354,3 +349,70 @@ def test_default_jobs_by_profile():
     from culturellm.run import default_jobs
     assert default_jobs('cpu') == 1 and default_jobs('paper') == 1
     assert default_jobs('smoke') == min(2, os.cpu_count() or 1)
+
+
+def test_side_by_side_kernels_get_their_own_gpus(tmp_path):
+    """With GPUs visible (here named by CUDA_VISIBLE_DEVICES: the kernels never touch them) and --jobs 3, each kernel
+    sees only the GPUs it was given: none for a stage without a model, one for a model stage, two for finetune with
+    two training processes; tasks that overlap in time never share one. Asking for more than there are is a one-line
+    error before the run folder exists."""
+    nbs, out = _fake_nbs(tmp_path / 'nbs'), tmp_path / 'run'
+    env = {'CUDA_VISIBLE_DEVICES': '0,1,2'}
+    r = cli('run', '--profile', 'smoke', '--out', str(out), '--nbs', str(nbs), '--cultures', 'korean,english', '--jobs', '3',
+            '--set', 'finetune.processes=2', env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = out / 'log'
+    got = {f.name[:-5]: f.read_text() for f in log.glob('*.gpus')}
+    span = {k: (float((log / f'{k}.start').read_text()), float((log / f'{k}.end').read_text())) for k in got}
+    assert got['seeds-korean'] == got['analysis-all'] == ''
+    assert got['augment-all'] in ('0', '1', '2') and len(got['finetune-korean'].split(',')) == 2
+    for a in got:
+        for b in got:
+            if a < b and span[a][0] < span[b][1] and span[b][0] < span[a][1] and got[a] and got[b]:
+                assert not set(got[a].split(',')) & set(got[b].split(',')), (a, b, got[a], got[b])
+    m = json.loads((out / 'manifest.json').read_text())
+    assert m['executor'] == {'name': 'local', 'gpus': ['0', '1', '2'], 'cpus': os.cpu_count()}
+    r = cli('run', '--profile', 'smoke', '--out', str(tmp_path / 'no'), '--nbs', str(nbs), '--set', 'finetune.processes=4', env=env)
+    assert r.returncode == 2 and not (tmp_path / 'no').exists()
+    assert r.stderr.strip().splitlines()[-1] == ("culturellm: error: config key 'finetune.processes': 4 training processes, "
+                                                 "but this machine has 3 GPUs; expected at most 3")
+
+
+def test_ray_executor_on_a_local_cluster(tmp_path, data_root):
+    """`--executor ray` against a real Ray cluster started here (`ray start --head`): the study's seeds, augment and
+    finetune (trained by two processes, gloo, inside a Ray task) run in graph order; the manifest records the executor and
+    the adapter `world_size` 2; a rerun reuses every task; an unreachable address and a stage asking for GPUs the cluster
+    lacks are one-line errors with nothing written."""
+    pytest.importorskip('ray')
+    import socket
+    with socket.socket() as s_: s_.bind(('127.0.0.1', 0)); port = s_.getsockname()[1]
+    ray_bin = Path(sys.executable).with_name('ray')
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED='0')
+    up = subprocess.run([str(ray_bin), 'start', '--head', f'--port={port}', '--num-cpus=2', '--num-gpus=0',
+                         '--object-store-memory=100000000', '--include-dashboard=false', '--disable-usage-stats'],
+                        capture_output=True, text=True, env=env, timeout=180)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        addr, out = f'127.0.0.1:{port}', tmp_path / 'run'
+        args = ('run', '--executor', 'ray', '--ray-address', addr, '--profile', 'smoke', '--cultures', 'arabic', '--out', str(out),
+                '--stages', 'seeds,augment,finetune', '--set', 'finetune.processes=2', '--set', 'finetune.one=false')
+        r = cli(*args)
+        assert r.returncode == 0, r.stdout + r.stderr
+        m = json.loads((out / 'manifest.json').read_text())
+        assert m['executor']['name'] == 'ray' and m['executor']['address'] == addr and m['executor']['nodes'] == 1
+        assert {k: v['status'] for k, v in m['stages'].items()} == {'seeds/arabic': 'ok', 'augment/all': 'ok', 'finetune/arabic': 'ok'}
+        info = json.loads((out / 'adapters' / 'arabic' / 'training.json').read_text())
+        assert info['world_size'] == 2 and info['steps'] == 4
+        assert m['stages']['finetune/arabic']['finished'] >= m['stages']['augment/all']['finished']
+        r = cli(*args)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert all(v.get('reused') for v in json.loads((out / 'manifest.json').read_text())['stages'].values())
+        r = cli('run', '--executor', 'ray', '--ray-address', addr, '--profile', 'smoke', '--stages', 'seeds', '--out', str(tmp_path / 'g'),
+                '--set', 'resources.seeds.gpus=1')
+        assert r.returncode == 2 and not (tmp_path / 'g').exists()
+        assert r.stderr.strip().splitlines()[-1].startswith("culturellm: error: config key 'resources.seeds.gpus': a task asks for 1 GPUs, but the Ray cluster")
+    finally:
+        subprocess.run([str(ray_bin), 'stop', '--force'], capture_output=True, env=env, timeout=120)
+    r = cli('run', '--executor', 'ray', '--ray-address', addr, '--profile', 'smoke', '--stages', 'seeds', '--out', str(tmp_path / 'x'))
+    assert r.returncode == 2 and not (tmp_path / 'x').exists()
+    assert f"culturellm: error: --ray-address {addr}: no Ray cluster answers there" in r.stderr

