@@ -329,14 +329,16 @@ def generate(self:OpenAILM, prompts:list,            # strings or chat-message l
 PROBE_PROMPT = 'The capital of France is Paris.'
 
 def _echo_logprobs(r, text:str) -> tuple:
-    "(tokens, token log-probs, character offsets) of the echoed `text` in a completion reply, or a MalformedReply."
+    "(tokens, token log-probs, character offsets from the start of `text`) of the echoed `text` in a completion reply, or a MalformedReply; whole tokens a server put before it (a BOS) are allowed."
     ch = getattr(r, 'choices', None) or []
     lp = getattr(ch[0], 'logprobs', None) if ch else None
     toks, lps, offs = (getattr(lp, a, None) for a in ('tokens', 'token_logprobs', 'text_offset')) if lp else (None,) * 3
     if not toks or not lps or not offs or not (len(toks) == len(lps) == len(offs)):
         raise MalformedReply("no echoed tokens with log-probs and offsets")
-    if not ''.join(toks).startswith(text): raise MalformedReply("the echoed tokens are not the prompt")
-    return toks, lps, offs
+    joined = ''.join(toks)
+    k = 0 if joined.startswith(text) else joined.find(text)   # vLLM echoes the tokenizer's BOS ('<s>', '<|begin_of_text|>') before the prompt
+    if k < 0 or k not in offs: raise MalformedReply("the echoed tokens are not the prompt")
+    return toks, lps, [o - k for o in offs]   # offsets from the prompt's start
 
 @patch
 def _probe(self:OpenAILM) -> bool:
