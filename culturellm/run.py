@@ -548,6 +548,7 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser('config', help='print the resolved configuration')
     g.add_argument('--profile', default='cpu', choices=PROFILE_NAMES)
     g.add_argument('--set', action='append', default=[], metavar='KEY=VALUE'); g.add_argument('--config')
+    from culturellm.plan import add_plan_parser; add_plan_parser(sub)   # `culturellm plan` (09b_plan)
     return p
 
 # %% ../nbs/09_run.ipynb #c026
@@ -601,6 +602,7 @@ def main(argv=None) -> int:
     try:
         if args.cmd == 'run': return _cmd_run(args)
         if args.cmd == 'cultures': return _cmd_cultures(args)
+        if args.cmd == 'plan': return args.func(args)
         if args.cmd == 'answers': return _cmd_answers(args)
         if args.cmd == 'rescore':
             from culturellm.gallery import rescore_command
