@@ -5,7 +5,7 @@
 # %% ../nbs/09_run.ipynb #c001
 from __future__ import annotations
 
-import argparse, json, math, os, platform, re, subprocess, sys, time, datetime
+import argparse, json, math, os, platform, re, signal, subprocess, sys, threading, time, datetime
 from concurrent.futures import ThreadPoolExecutor, wait, FIRST_COMPLETED
 from dataclasses import dataclass
 from importlib import metadata
@@ -21,9 +21,9 @@ from .config import (Config, ConfigError, get_config, parse_sets, config_to_dict
 __all__ = ['STAGES', 'STAGE_NAMES', 'MANIFEST_PACKAGES', 'CHECK_TAG', 'MODEL_STAGES', 'TRAINING_STAGES', 'EXECUTION_KEYS',
            'EXECUTORS', 'FORWARD_ENV', 'DEFAULT_JOBS', 'Stage', 'reads_culture', 'select_stages', 'stage_tasks',
            'find_nbs', 'code_fingerprint', 'data_fingerprint', 'package_versions', 'git_revision', 'Task',
-           'notebook_error', 'execute_child', 'execute_task', 'last_progress', 'visible_gpus', 'task_resources',
-           'hashed_config', 'GpuPool', 'check_resources', 'update_manifest', 'forwarded_env', 'RayExecutor',
-           'default_jobs', 'run_study', 'summarise', 'main']
+           'notebook_error', 'execute_child', 'execute_task', 'last_progress', 'stop_tree', 'RunLock', 'visible_gpus',
+           'task_resources', 'hashed_config', 'GpuPool', 'check_resources', 'update_manifest', 'forwarded_env',
+           'RayExecutor', 'default_jobs', 'run_study', 'summarise', 'main']
 
 # %% ../nbs/09_run.ipynb #c007
 @dataclass(frozen=True)
@@ -164,12 +164,15 @@ def execute_task(task:Task, out:Path, nbs:Path, params:dict, timeout:int|None=No
     if threads and 'OMP_NUM_THREADS' not in os.environ: env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(threads)
     if gpus is not None: env['CUDA_VISIBLE_DEVICES'] = ','.join(gpus)   # side-by-side kernels: each its own GPUs
     with open(log, 'w') as lf:
-        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env)
-        while True:                          # wait4: the exit status and the peak memory of the process and its reaped children
-            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-            if pid: rc = proc.returncode = os.waitstatus_to_exitcode(status); break
-            time.sleep(0.1)
-            if on_progress and (line := last_progress(err_log)): on_progress(line)
+        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env, start_new_session=True)   # a terminal's Ctrl-C reaches the runner, which stops it
+        _LIVE[proc.pid] = proc
+        try:
+            while True:                      # wait4: the exit status and the peak memory of the process and its reaped children
+                pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+                if pid: rc = proc.returncode = os.waitstatus_to_exitcode(status); break
+                time.sleep(0.1)
+                if on_progress and (line := last_progress(err_log)): on_progress(line)
+        finally: _LIVE.pop(proc.pid, None)
     secs = round(time.time() - t, 2)
     peak = round(ru.ru_maxrss / (1024 * 1024 if sys.platform == 'darwin' else 1024), 1)   # MiB: Linux counts KiB, macOS bytes
     if rc == 0: return {'status': 'ok', 'seconds': secs, 'peak_rss_mb': peak, 'error': None}
@@ -197,6 +200,48 @@ def last_progress(path:Path,        # a stderr file that progress bars write to
             bar_end = rest.find('|')
             return ' '.join((desc.strip() + ' ' + (rest[bar_end + 1:] if bar_end >= 0 else rest).strip()).split())
     return None
+
+# %% ../nbs/09_run.ipynb #c018s
+_LIVE = {}   # {pid: Popen} of the tasks' notebook processes running now (execute_task registers them)
+
+def stop_tree(pid:int,            # a process: a task's papermill process
+              grace:float=5.0,    # seconds its tree has to exit after SIGTERM before SIGKILL
+             ) -> list:
+    "Stop a process and every descendant (its notebook kernel runs in a session of its own, out of reach of a process-group signal): SIGTERM, then SIGKILL for what is left after `grace` seconds; returns the pids it signalled."
+    import signal, psutil
+    try: root = psutil.Process(pid); procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess: return []
+    for p in procs:
+        try: p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess: pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try: p.kill()
+        except psutil.NoSuchProcess: pass
+    psutil.wait_procs(alive, timeout=grace)
+    return [p.pid for p in procs]
+
+class RunLock:
+    "The run folder's lock, held while a run writes into it: `.lock` locked with `flock` and naming its holder; a second run is refused, a lock whose process is gone is taken over."
+    def __init__(self, out:Path): self.out, self.path, self.f, self.note = Path(out), Path(out) / '.lock', None, None
+    def acquire(self):
+        try: import fcntl
+        except ImportError: return self           # no flock (Windows): unlocked
+        f = open(self.path, 'a+')
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0); who = f.read().strip() or 'another process'; f.close()
+            raise ConfigError(f"run folder {self.out} is in use by {who}; wait for that run to end, or give another --out") from None
+        f.seek(0); old = f.read().strip()
+        if old: self.note = f"run folder {self.out}: took over the lock of {old}, which is no longer running"
+        f.seek(0); f.truncate(); f.write(f"culturellm run (pid {os.getpid()} on {platform.node()}, since {_now()})"); f.flush()
+        self.f = f
+        return self
+    def release(self):
+        if self.f is None: return
+        import fcntl
+        self.f.seek(0); self.f.truncate(); self.f.flush()     # a run that ended leaves no holder named
+        fcntl.flock(self.f, fcntl.LOCK_UN); self.f.close(); self.f = None
 
 # %% ../nbs/09_run.ipynb #c019s
 MODEL_STAGES = ('augment', 'finetune', 'evaluate', 'alignment', 'ablation', 'scaling', 'gallery')   # stages that run a model
@@ -314,7 +359,7 @@ class RayExecutor:
         self.nodes = [n for n in ray.nodes() if n.get('Alive')]
         self.max_cpus = int(max((n['Resources'].get('CPU', 0) for n in self.nodes), default=0))
         self.max_gpus = int(max((n['Resources'].get('GPU', 0) for n in self.nodes), default=0))
-        self._fn = ray.remote(_ray_task)
+        self._fn, self._refs = ray.remote(_ray_task), []
     def describe(self) -> dict:
         "What the manifest records of the cluster."
         tot = self.ray.cluster_resources()
@@ -336,7 +381,14 @@ class RayExecutor:
         "The task as a Ray task with `res` (gpus, cpus); a Future of `execute_task`'s record."
         threads = max(1, math.ceil(res['cpus']))
         fn = self._fn.options(num_cpus=res['cpus'], num_gpus=res['gpus'], max_retries=0, name=t.key)
-        return fn.remote(t, str(out), str(nbs), params, timeout, threads, checks, forwarded_env()).future()
+        ref = fn.remote(t, str(out), str(nbs), params, timeout, threads, checks, forwarded_env())
+        self._refs.append(ref)
+        return ref.future()
+    def cancel_all(self):
+        "Cancel every submitted task (a running one's worker is killed)."
+        for r in self._refs:
+            try: self.ray.cancel(r, force=True)
+            except Exception: pass
     def close(self): self.ray.shutdown()
 
 # %% ../nbs/09_run.ipynb #c020
@@ -385,117 +437,140 @@ def run_study(cfg:Config,                    # the resolved configuration
     if jobs is not None and jobs < 1: raise ConfigError(f"--jobs {jobs}: expected a positive number")
     tasks = [Task(s, c) for s in sel for c in stage_tasks(s, cultures, cfg)]
     rx = RayExecutor(ray_address) if executor == 'ray' else None   # joins the cluster: an unreachable address fails here
+    lock = None
     try:
         if rx:
             gpus = ['gpu'] * rx.max_gpus; check_resources(cfg, sel, gpus, rx.max_cpus, "the Ray cluster's largest node", cpus=True)
         else: gpus = visible_gpus(); check_resources(cfg, sel, gpus, os.cpu_count() or 1)
         out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out).acquire()                  # a second run on this folder is refused here
+        if lock.note: print(f"note: {lock.note}", file=sys.stderr)
         if rx: rx.check_folder(out, nbs)
     except BaseException:
+        if lock: lock.release()
         if rx: rx.close()
         raise
     jobs = jobs or (len(tasks) if rx else 1)           # Ray queues tasks by their resources
-    pool = GpuPool(gpus) if gpus and not rx else None
-    cfgd = config_to_dict(cfg)
-    atomic_write_json(out / 'config.json', cfgd)
-    mpath = out / 'manifest.json'
-    old = json.loads(mpath.read_text()).get('stages', {}) if mpath.exists() else {}
-    root = data_root(cfg, required=False)
-    fp = {'code': code_fingerprint(), 'config': sha256_json(hashed_config(cfgd)), 'data': data_fingerprint(root)}
-    manifest = {'culturellm': culturellm.__version__, 'created': _now(), 'python': platform.python_version(),
-                'platform': platform.platform(), 'git': git_revision(), 'packages': package_versions(),
-                'profile': cfg.profile, 'seed': cfg.seed, 'cultures': cultures, 'data_root': str(root) if root else None,
-                'jobs': jobs, 'checks': checks, 'stages': dict(old), 'last_run': []}   # entries of stages not run this time are kept
-    manifest['executor'] = rx.describe() if rx else dict(name='local', gpus=gpus, cpus=os.cpu_count())
-    def save(keys=()) -> dict:
-        "Write the run's fields and the records of tasks `keys` into the manifest on disk, keeping the entries others wrote."
-        def change(m):
-            stages_ = m.get('stages', {}); m.update({k: v for k, v in manifest.items() if k != 'stages'})
-            m['stages'] = dict(stages_, **{k: manifest['stages'][k] for k in keys})
-        return update_manifest(mpath, change)
-    bar = _bar(len(tasks), progress); t0 = time.time()
-    def say(msg):
-        if progress: (bar.write if bar else print)(msg)
-    params = dict(profile=cfg.profile, run_dir=str(out), config_file=str(out / 'config.json'))
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None   # tasks side by side share the cores
-    said_missing = set()
-    def finish(t, rec):
-        manifest['stages'][t.key] = rec; manifest['last_run'].append(t.key)
-        manifest['updated'] = _now(); save([t.key])
-        if bar: bar.update(1)
-    def prepare(t) -> tuple:
-        "(the task's record, whether it runs): missing, blocked or reused records are final; the others carry the input hash."
-        s, c = t.stage, t.culture; nbp = nbs / s.notebook
-        rec = {'stage': s.name, 'culture': c, 'notebook': str(t.out_nb(out).relative_to(out))}
-        if not nbp.exists():
-            return dict(rec, status='missing', error=f"notebook {nbp.name} does not exist yet: stage {s.name!r} is not built"), False
-        ups = [u for u in manifest['stages'].values()    # the tasks it reads: this run's, or a previous run's where not run now
-               if u['stage'] in s.reads and reads_culture(u['culture'], c) and u['culture'] in cultures + ['all', 'one']]
-        failed_up = [u for u in ups if u['status'] in ('failed', 'blocked')]
-        inputs = dict(fp, notebook=sha256_file(nbp), culture=c, upstream=sorted(u['input_hash'] for u in ups if u.get('input_hash')))
-        rec.update(inputs=inputs, input_hash=sha256_json(inputs))
-        prev = old.get(t.key)
-        if failed_up:
-            return dict(rec, status='blocked', error=f"upstream {failed_up[0]['stage']}/{failed_up[0]['culture']} {failed_up[0]['status']}"), False
-        if not force and prev and prev.get('status') == 'ok' and prev.get('input_hash') == rec['input_hash'] and t.out_nb(out).exists():
-            rec.update(status='ok', reused=True, seconds=prev.get('seconds'), peak_rss_mb=prev.get('peak_rss_mb'), finished=prev.get('finished'), usage=prev.get('usage'))
-            return dict(rec, **{k: prev[k] for k in ('openai_ft', 'record') if k in prev}), False
-        return rec, True
-    def settle(t, rec):
-        "Record a task that does not run, with its line (one line for all the tasks of a stage not built yet)."
-        finish(t, rec)
-        if rec['status'] == 'missing':
-            if t.stage.name not in said_missing: say(f"  {'missing':8s} {t.stage.name} × *  ({rec['error']})")
-            said_missing.add(t.stage.name)
-        else: say(f"  {('reused' if rec.get('reused') else rec['status']):8s} {t.stage.name} × {t.culture}" + (f"  ({rec['error']})" if rec.get('error') else ''))
-    def collect(t, rec, fut):
-        try: res = fut.result()
-        except Exception as e: res = {'status': 'failed', 'seconds': None, 'peak_rss_mb': None, 'error': f"{type(e).__name__}: {e}"}
-        s = t.stage
-        uf = out / 'usage' / s.name / f'{t.culture}.json'   # model calls the stage recorded (llm.record_usage)
-        if uf.exists(): res['usage'] = json.loads(uf.read_text())
-        of = out / 'finetune' / 'openai' / f'{t.culture}.json'   # the OpenAI fine-tuning job it recorded (openai_ft.record_finetune)
-        if s.name == 'finetune' and of.exists(): res['openai_ft'] = json.loads(of.read_text())
-        rf = out / 'records' / s.name / f'{t.culture}.json'   # the summary a stage records (counts, timings)
-        if rf.exists(): res['record'] = json.loads(rf.read_text())
-        rec.update(res, finished=_now()); finish(t, rec)
-        say(f"  {rec['status']:8s} {s.name} × {t.culture}  {rec['seconds']}s  [{time.time() - t0:.0f}s elapsed]"
-            + (f"\n           {t.out_nb(out)}: {rec['error']}" if rec['error'] else ''))
-    reads = {t.key: [u for u in tasks if u is not t and u.stage.name in t.stage.reads and reads_culture(u.culture, t.culture)] for t in tasks}
-    below = {t.key: set() for t in tasks}                 # the tasks that read each task, directly or through others
-    for t in reversed(tasks):                             # study order: a task's readers come after it, so theirs are complete
-        for u in reads[t.key]: below[u.key] |= {t.key} | below[t.key]
-    order = {t.key: i for i, t in enumerate(tasks)}
-    pending, running, ready = sorted(tasks, key=lambda t: (-len(below[t.key]), order[t.key])), {}, {}
-    with ThreadPoolExecutor(jobs) as ex:
-        while pending or running:
-            active = pending + [t for t, _, _ in running.values()]
-            for t in list(pending):   # the ready task that most others wait for starts first (then study order)
-                if any(u is not t and u.stage.name in t.stage.reads and reads_culture(u.culture, t.culture) for u in active): continue
-                rec, run_it = ready.get(t.key) or prepare(t)   # its upstream has finished: the record no longer changes
-                if not run_it: pending.remove(t); settle(t, rec); continue
-                if len(running) >= jobs: ready[t.key] = (rec, run_it); continue
-                need = task_resources(cfg, t.stage.name, bool(gpus))
-                got = pool.take(need['gpus']) if pool else None
-                if pool and got is None: ready[t.key] = (rec, run_it); continue   # waits for GPUs to be given back
-                pending.remove(t)
-                if rx: f = rx.submit(t, need, out, nbs, dict(params, culture=t.culture), timeout, checks)
-                else: f = ex.submit(execute_task, t, out, nbs, dict(params, culture=t.culture), timeout, _reporter(t, bar, progress), threads, checks, got)
-                running[f] = (t, rec, got)
-            if bar and running: bar.set_postfix_str(', '.join(f"{t.stage.name} × {t.culture}" for t, _, _ in running.values())[:100])
-            if not running: continue
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for f in done:
-                t, rec, got = running.pop(f)
-                if pool and got is not None: pool.give(got)
-                collect(t, rec, f)
-    ran = set(manifest['last_run']); manifest['last_run'] = [t.key for t in tasks if t.key in ran]   # study order
-    if bar: bar.close()
-    manifest['wall_seconds'] = round(time.time() - t0, 2)
-    peaks = [manifest['stages'][k].get('peak_rss_mb') for k in manifest['last_run']]
-    manifest['peak_rss_mb'] = max([x for x in peaks if isinstance(x, (int, float))], default=None)   # the largest task's
-    if rx: rx.close()
-    return save()
+    stopped = []
+    def _schedule():
+        pool = GpuPool(gpus) if gpus and not rx else None
+        cfgd = config_to_dict(cfg)
+        atomic_write_json(out / 'config.json', cfgd)
+        mpath = out / 'manifest.json'
+        old = json.loads(mpath.read_text()).get('stages', {}) if mpath.exists() else {}
+        root = data_root(cfg, required=False)
+        fp = {'code': code_fingerprint(), 'config': sha256_json(hashed_config(cfgd)), 'data': data_fingerprint(root)}
+        manifest = {'culturellm': culturellm.__version__, 'created': _now(), 'python': platform.python_version(),
+                    'platform': platform.platform(), 'git': git_revision(), 'packages': package_versions(),
+                    'profile': cfg.profile, 'seed': cfg.seed, 'cultures': cultures, 'data_root': str(root) if root else None,
+                    'jobs': jobs, 'checks': checks, 'stages': dict(old), 'last_run': []}   # entries of stages not run this time are kept
+        manifest['executor'] = rx.describe() if rx else dict(name='local', gpus=gpus, cpus=os.cpu_count())
+        def save(keys=()) -> dict:
+            "Write the run's fields and the records of tasks `keys` into the manifest on disk, keeping the entries others wrote."
+            def change(m):
+                stages_ = m.get('stages', {}); m.update({k: v for k, v in manifest.items() if k != 'stages'})
+                m['stages'] = dict(stages_, **{k: manifest['stages'][k] for k in keys})
+            return update_manifest(mpath, change)
+        bar = _bar(len(tasks), progress); t0 = time.time()
+        def say(msg):
+            if progress: (bar.write if bar else print)(msg)
+        params = dict(profile=cfg.profile, run_dir=str(out), config_file=str(out / 'config.json'))
+        threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None   # tasks side by side share the cores
+        said_missing = set()
+        def finish(t, rec):
+            manifest['stages'][t.key] = rec; manifest['last_run'].append(t.key)
+            manifest['updated'] = _now(); save([t.key])
+            if bar: bar.update(1)
+        def prepare(t) -> tuple:
+            "(the task's record, whether it runs): missing, blocked or reused records are final; the others carry the input hash."
+            s, c = t.stage, t.culture; nbp = nbs / s.notebook
+            rec = {'stage': s.name, 'culture': c, 'notebook': str(t.out_nb(out).relative_to(out))}
+            if not nbp.exists():
+                return dict(rec, status='missing', error=f"notebook {nbp.name} does not exist yet: stage {s.name!r} is not built"), False
+            ups = [u for u in manifest['stages'].values()    # the tasks it reads: this run's, or a previous run's where not run now
+                   if u['stage'] in s.reads and reads_culture(u['culture'], c) and u['culture'] in cultures + ['all', 'one']]
+            failed_up = [u for u in ups if u['status'] in ('failed', 'blocked', 'interrupted')]
+            inputs = dict(fp, notebook=sha256_file(nbp), culture=c, upstream=sorted(u['input_hash'] for u in ups if u.get('input_hash')))
+            rec.update(inputs=inputs, input_hash=sha256_json(inputs))
+            prev = old.get(t.key)
+            if failed_up:
+                return dict(rec, status='blocked', error=f"upstream {failed_up[0]['stage']}/{failed_up[0]['culture']} {failed_up[0]['status']}"), False
+            if not force and prev and prev.get('status') == 'ok' and prev.get('input_hash') == rec['input_hash'] and t.out_nb(out).exists():
+                rec.update(status='ok', reused=True, seconds=prev.get('seconds'), peak_rss_mb=prev.get('peak_rss_mb'), finished=prev.get('finished'), usage=prev.get('usage'))
+                return dict(rec, **{k: prev[k] for k in ('openai_ft', 'record') if k in prev}), False
+            return rec, True
+        def settle(t, rec):
+            "Record a task that does not run, with its line (one line for all the tasks of a stage not built yet)."
+            finish(t, rec)
+            if rec['status'] == 'missing':
+                if t.stage.name not in said_missing: say(f"  {'missing':8s} {t.stage.name} × *  ({rec['error']})")
+                said_missing.add(t.stage.name)
+            else: say(f"  {('reused' if rec.get('reused') else rec['status']):8s} {t.stage.name} × {t.culture}" + (f"  ({rec['error']})" if rec.get('error') else ''))
+        def collect(t, rec, fut):
+            try: res = fut.result()
+            except Exception as e: res = {'status': 'failed', 'seconds': None, 'peak_rss_mb': None, 'error': f"{type(e).__name__}: {e}"}
+            if stopped and res['status'] != 'ok': res.update(status='interrupted', error=f"interrupted by {stopped[0]}")
+            s = t.stage
+            uf = out / 'usage' / s.name / f'{t.culture}.json'   # model calls the stage recorded (llm.record_usage)
+            if uf.exists(): res['usage'] = json.loads(uf.read_text())
+            of = out / 'finetune' / 'openai' / f'{t.culture}.json'   # the OpenAI fine-tuning job it recorded (openai_ft.record_finetune)
+            if s.name == 'finetune' and of.exists(): res['openai_ft'] = json.loads(of.read_text())
+            rf = out / 'records' / s.name / f'{t.culture}.json'   # the summary a stage records (counts, timings)
+            if rf.exists(): res['record'] = json.loads(rf.read_text())
+            rec.update(res, finished=_now()); finish(t, rec)
+            say(f"  {rec['status']:8s} {s.name} × {t.culture}  {rec['seconds']}s  [{time.time() - t0:.0f}s elapsed]"
+                + (f"\n           {t.out_nb(out)}: {rec['error']}" if rec['error'] else ''))
+        reads = {t.key: [u for u in tasks if u is not t and u.stage.name in t.stage.reads and reads_culture(u.culture, t.culture)] for t in tasks}
+        below = {t.key: set() for t in tasks}                 # the tasks that read each task, directly or through others
+        for t in reversed(tasks):                             # study order: a task's readers come after it, so theirs are complete
+            for u in reads[t.key]: below[u.key] |= {t.key} | below[t.key]
+        order = {t.key: i for i, t in enumerate(tasks)}
+        pending, running, ready = sorted(tasks, key=lambda t: (-len(below[t.key]), order[t.key])), {}, {}
+        with ThreadPoolExecutor(jobs) as ex:
+            while (pending and not stopped) or running:
+                active = pending + [t for t, _, _ in running.values()]
+                for t in list(pending):   # the ready task that most others wait for starts first (then study order)
+                    if stopped: break
+                    if any(u is not t and u.stage.name in t.stage.reads and reads_culture(u.culture, t.culture) for u in active): continue
+                    rec, run_it = ready.get(t.key) or prepare(t)   # its upstream has finished: the record no longer changes
+                    if not run_it: pending.remove(t); settle(t, rec); continue
+                    if len(running) >= jobs: ready[t.key] = (rec, run_it); continue
+                    need = task_resources(cfg, t.stage.name, bool(gpus))
+                    got = pool.take(need['gpus']) if pool else None
+                    if pool and got is None: ready[t.key] = (rec, run_it); continue   # waits for GPUs to be given back
+                    pending.remove(t)
+                    if rx: f = rx.submit(t, need, out, nbs, dict(params, culture=t.culture), timeout, checks)
+                    else: f = ex.submit(execute_task, t, out, nbs, dict(params, culture=t.culture), timeout, _reporter(t, bar, progress), threads, checks, got)
+                    running[f] = (t, rec, got)
+                if bar and running: bar.set_postfix_str(', '.join(f"{t.stage.name} × {t.culture}" for t, _, _ in running.values())[:100])
+                if not running: continue
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for f in done:
+                    t, rec, got = running.pop(f)
+                    if pool and got is not None: pool.give(got)
+                    collect(t, rec, f)
+        ran = set(manifest['last_run']); manifest['last_run'] = [t.key for t in tasks if t.key in ran]   # study order
+        if bar: bar.close()
+        manifest['wall_seconds'] = round(time.time() - t0, 2)
+        peaks = [manifest['stages'][k].get('peak_rss_mb') for k in manifest['last_run']]
+        manifest['peak_rss_mb'] = max([x for x in peaks if isinstance(x, (int, float))], default=None)   # the largest task's
+        manifest['interrupted'] = stopped[0] if stopped else None
+        return save()
+    handlers = {}
+    def on_signal(signum, frame):
+        "SIGINT or SIGTERM: start no task, stop the running ones' processes (kernels included), record them interrupted."
+        if stopped: return
+        stopped.append(signal.Signals(signum).name)
+        print(f"culturellm run: {stopped[0]}: stopping the running tasks", file=sys.stderr, flush=True)
+        if rx: rx.cancel_all()
+        for pid in list(_LIVE): stop_tree(pid)
+    if threading.current_thread() is threading.main_thread():
+        for sg in (signal.SIGINT, signal.SIGTERM): handlers[sg] = signal.signal(sg, on_signal)
+    try: return _schedule()
+    finally:
+        for sg, h in handlers.items(): signal.signal(sg, h)
+        lock.release()
+        if rx: rx.close()
 
 # %% ../nbs/09_run.ipynb #c024
 def summarise(m:dict) -> tuple:
@@ -507,7 +582,7 @@ def summarise(m:dict) -> tuple:
             if r['stage'] not in seen: lines.append(f"{'missing':8s} {r['stage']:9s} {'':11s} {'':>8s} {'':>8s}  {r['error']}")
             seen.add(r['stage']); continue
         st = 'reused' if r.get('reused') else r['status']
-        bad |= r['status'] in ('failed', 'blocked')
+        bad |= r['status'] in ('failed', 'blocked', 'interrupted')
         secs = f"{r['seconds']:.1f}s" if isinstance(r.get('seconds'), (int, float)) else ''
         mem = f"{r['peak_rss_mb'] / 1024:.1f} GiB" if isinstance(r.get('peak_rss_mb'), (int, float)) else ''
         lines.append(f"{st:8s} {r['stage']:9s} {r['culture']:11s} {secs:>8s} {mem:>8s}  {r['notebook'] if r['status'] in ('ok', 'failed') else ''}"
@@ -583,6 +658,7 @@ def _cmd_run(args):
     jobs = args.jobs if args.jobs is not None else (None if args.executor == 'ray' else default_jobs(cfg.profile))
     m = run_study(cfg, out, args.stages, jobs, args.nbs, args.force, True, args.timeout, args.checks, args.executor, args.ray_address)
     lines, rc = summarise(m)
+    if m.get('interrupted'): rc = 128 + signal.Signals[m['interrupted']].value   # 130 for SIGINT, 143 for SIGTERM; a rerun resumes
     peak = f", peak memory {m['peak_rss_mb'] / 1024:.1f} GiB (its largest task)" if m.get('peak_rss_mb') else ''
     print(f"\n{out}/manifest.json — {len(m['last_run'])} tasks in {m['wall_seconds']:.1f}s{peak}")
     for l in lines: print('  ' + l)

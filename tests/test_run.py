@@ -307,7 +307,7 @@ def _fake_nbs(folder: Path) -> Path:
         body = (f"import time, json\nfrom pathlib import Path\nlog = Path(run_dir) / 'log'; log.mkdir(exist_ok=True)\n"
                 f"(log / f'{s.name}-{{culture}}.start').write_text(repr(time.time()))\n"
                 + ("if culture == 'chinese': raise ValueError('no data for chinese')\n" if s.name == 'seeds' else '')
-                + "time.sleep(0.2)\n"
+                + "import os; time.sleep(float(os.environ.get('FAKE_SLEEP', 0.2)))\n"
                 f"import os; (log / f'{s.name}-{{culture}}.gpus').write_text(os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)'))\n"
                 f"(log / f'{s.name}-{{culture}}.end').write_text(repr(time.time()))")
         chk = nbformat.v4.new_code_cell(f"(Path(run_dir) / 'log' / f'{s.name}-{{culture}}.check').write_text('ran')"); chk.metadata['tags'] = ['check']
@@ -416,3 +416,35 @@ def test_ray_executor_on_a_local_cluster(tmp_path, data_root):
     r = cli('run', '--executor', 'ray', '--ray-address', addr, '--profile', 'smoke', '--stages', 'seeds', '--out', str(tmp_path / 'x'))
     assert r.returncode == 2 and not (tmp_path / 'x').exists()
     assert f"culturellm: error: --ray-address {addr}: no Ray cluster answers there" in r.stderr
+
+
+def test_a_stopped_run_leaves_no_kernel_and_resumes(tmp_path):
+    """SIGTERM to `culturellm run`: its notebook processes and their kernels (each in a session of its own) are stopped,
+    the running task is recorded `interrupted`, the exit code is 143; while it ran, a second run on the same folder was
+    refused with a one-line error naming the holder; a rerun resumes and finishes."""
+    import psutil, signal
+    nbs, out = _fake_nbs(tmp_path / 'nbs'), tmp_path / 'run'
+    args = ('run', '--profile', 'smoke', '--out', str(out), '--nbs', str(nbs), '--cultures', 'korean', '--stages', 'seeds,augment', '--jobs', '1')
+    p = subprocess.Popen([sys.executable, '-c', 'import sys; from culturellm.run import main; sys.exit(main())', *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=dict(os.environ, FAKE_SLEEP='120'))
+    first = out / 'log'
+    for _ in range(600):                                  # until the first task's kernel runs its cell
+        if list(first.glob('*.start')): break
+        time.sleep(0.2)
+    tree = psutil.Process(p.pid).children(recursive=True)
+    assert any('ipykernel' in ' '.join(c.cmdline()) for c in tree), [c.cmdline() for c in tree]
+    r = cli(*args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"culturellm: error: run folder {out} is in use by culturellm run (pid {p.pid} on ")
+    p.send_signal(signal.SIGTERM)
+    so, se = p.communicate(timeout=300)
+    assert p.returncode == 143, so + se
+    assert not [c.pid for c in tree if psutil.pid_exists(c.pid) and psutil.Process(c.pid).status() != psutil.STATUS_ZOMBIE]
+    m = json.loads((out / 'manifest.json').read_text())
+    assert m['interrupted'] == 'SIGTERM' and m['stages'][m['last_run'][0]]['status'] == 'interrupted'
+    assert 'augment/all' not in m['stages'] or m['stages']['augment/all']['status'] == 'interrupted'
+    assert (out / '.lock').read_text() == ''              # released
+    r = cli(*args, env={'FAKE_SLEEP': '0'})
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = json.loads((out / 'manifest.json').read_text())
+    assert {k: v['status'] for k, v in m['stages'].items()} == {'seeds/korean': 'ok', 'augment/all': 'ok'} and not m['interrupted']
