@@ -21,9 +21,9 @@ from .config import (Config, ConfigError, get_config, parse_sets, config_to_dict
 __all__ = ['STAGES', 'STAGE_NAMES', 'MANIFEST_PACKAGES', 'CHECK_TAG', 'MODEL_STAGES', 'TRAINING_STAGES', 'EXECUTION_KEYS',
            'EXECUTORS', 'FORWARD_ENV', 'DEFAULT_JOBS', 'Stage', 'reads_culture', 'select_stages', 'stage_tasks',
            'find_nbs', 'code_fingerprint', 'data_fingerprint', 'package_versions', 'git_revision', 'Task',
-           'notebook_error', 'execute_child', 'execute_task', 'last_progress', 'stop_tree', 'RunLock', 'visible_gpus',
-           'task_resources', 'hashed_config', 'GpuPool', 'check_resources', 'update_manifest', 'forwarded_env',
-           'RayExecutor', 'default_jobs', 'run_study', 'summarise', 'main']
+           'notebook_error', 'execute_child', 'execute_task', 'last_progress', 'visible_gpus', 'task_resources',
+           'hashed_config', 'GpuPool', 'check_resources', 'update_manifest', 'forwarded_env', 'RayExecutor',
+           'default_jobs', 'run_study', 'stop_tree', 'RunLock', 'summarise', 'main']
 
 # %% ../nbs/09_run.ipynb #c007
 @dataclass(frozen=True)
@@ -200,48 +200,6 @@ def last_progress(path:Path,        # a stderr file that progress bars write to
             bar_end = rest.find('|')
             return ' '.join((desc.strip() + ' ' + (rest[bar_end + 1:] if bar_end >= 0 else rest).strip()).split())
     return None
-
-# %% ../nbs/09_run.ipynb #c018s
-_LIVE = {}   # {pid: Popen} of the tasks' notebook processes running now (execute_task registers them)
-
-def stop_tree(pid:int,            # a process: a task's papermill process
-              grace:float=5.0,    # seconds its tree has to exit after SIGTERM before SIGKILL
-             ) -> list:
-    "Stop a process and every descendant (its notebook kernel runs in a session of its own, out of reach of a process-group signal): SIGTERM, then SIGKILL for what is left after `grace` seconds; returns the pids it signalled."
-    import signal, psutil
-    try: root = psutil.Process(pid); procs = [root] + root.children(recursive=True)
-    except psutil.NoSuchProcess: return []
-    for p in procs:
-        try: p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess: pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        try: p.kill()
-        except psutil.NoSuchProcess: pass
-    psutil.wait_procs(alive, timeout=grace)
-    return [p.pid for p in procs]
-
-class RunLock:
-    "The run folder's lock, held while a run writes into it: `.lock` locked with `flock` and naming its holder; a second run is refused, a lock whose process is gone is taken over."
-    def __init__(self, out:Path): self.out, self.path, self.f, self.note = Path(out), Path(out) / '.lock', None, None
-    def acquire(self):
-        try: import fcntl
-        except ImportError: return self           # no flock (Windows): unlocked
-        f = open(self.path, 'a+')
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0); who = f.read().strip() or 'another process'; f.close()
-            raise ConfigError(f"run folder {self.out} is in use by {who}; wait for that run to end, or give another --out") from None
-        f.seek(0); old = f.read().strip()
-        if old: self.note = f"run folder {self.out}: took over the lock of {old}, which is no longer running"
-        f.seek(0); f.truncate(); f.write(f"culturellm run (pid {os.getpid()} on {platform.node()}, since {_now()})"); f.flush()
-        self.f = f
-        return self
-    def release(self):
-        if self.f is None: return
-        import fcntl
-        self.f.seek(0); self.f.truncate(); self.f.flush()     # a run that ended leaves no holder named
-        fcntl.flock(self.f, fcntl.LOCK_UN); self.f.close(); self.f = None
 
 # %% ../nbs/09_run.ipynb #c019s
 MODEL_STAGES = ('augment', 'finetune', 'evaluate', 'alignment', 'ablation', 'scaling', 'gallery')   # stages that run a model
@@ -571,6 +529,48 @@ def run_study(cfg:Config,                    # the resolved configuration
         for sg, h in handlers.items(): signal.signal(sg, h)
         lock.release()
         if rx: rx.close()
+
+# %% ../nbs/09_run.ipynb #c018s
+_LIVE = {}   # {pid: Popen} of the tasks' notebook processes running now (execute_task registers them)
+
+def stop_tree(pid:int,            # a process: a task's papermill process
+              grace:float=5.0,    # seconds its tree has to exit after SIGTERM before SIGKILL
+             ) -> list:
+    "Stop a process and every descendant (its notebook kernel runs in a session of its own, out of reach of a process-group signal): SIGTERM, then SIGKILL for what is left after `grace` seconds; returns the pids it signalled."
+    import signal, psutil
+    try: root = psutil.Process(pid); procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess: return []
+    for p in procs:
+        try: p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess: pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try: p.kill()
+        except psutil.NoSuchProcess: pass
+    psutil.wait_procs(alive, timeout=grace)
+    return [p.pid for p in procs]
+
+class RunLock:
+    "The run folder's lock, held while a run writes into it: `.lock` locked with `flock` and naming its holder; a second run is refused, a lock whose process is gone is taken over."
+    def __init__(self, out:Path): self.out, self.path, self.f, self.note = Path(out), Path(out) / '.lock', None, None
+    def acquire(self):
+        try: import fcntl
+        except ImportError: return self           # no flock (Windows): unlocked
+        f = open(self.path, 'a+')
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0); who = f.read().strip() or 'another process'; f.close()
+            raise ConfigError(f"run folder {self.out} is in use by {who}; wait for that run to end, or give another --out") from None
+        f.seek(0); old = f.read().strip()
+        if old: self.note = f"run folder {self.out}: took over the lock of {old}, which is no longer running"
+        f.seek(0); f.truncate(); f.write(f"culturellm run (pid {os.getpid()} on {platform.node()}, since {_now()})"); f.flush()
+        self.f = f
+        return self
+    def release(self):
+        if self.f is None: return
+        import fcntl
+        self.f.seek(0); self.f.truncate(); self.f.flush()     # a run that ended leaves no holder named
+        fcntl.flock(self.f, fcntl.LOCK_UN); self.f.close(); self.f = None
 
 # %% ../nbs/09_run.ipynb #c024
 def summarise(m:dict) -> tuple:
