@@ -5,7 +5,7 @@
 # %% ../nbs/08_config.ipynb #c001
 from __future__ import annotations
 
-import dataclasses, hashlib, json, os, tempfile, typing
+import dataclasses, hashlib, json, os, re, tempfile, typing
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -15,15 +15,30 @@ import yaml
 __all__ = ['ANSWER_RULES', 'PROMPT_STYLES', 'WVS_SOURCES', 'PROFILE_NAMES', 'AUGMENT_SOURCES', 'FINETUNE_BACKENDS',
            'FINETUNE_VARIANTS', 'COLLATORS', 'PRECISIONS', 'QUANTIZATIONS', 'FINETUNE_TARGETS', 'ALL_LINEAR',
            'SCORINGS', 'GALLERY_NORMS', 'GALLERY_QE', 'FIGURE_FORMATS', 'ABLATION_VARIANTS', 'LORA_PRESETS', 'PROFILES',
-           'DATA_HELP', 'ConfigError', 'SeedsConfig', 'AugmentConfig', 'FinetuneConfig', 'EvaluateConfig',
-           'GalleryConfig', 'ScalingConfig', 'AnalysisConfig', 'AblationConfig', 'StageResources', 'ResourcesConfig',
-           'Config', 'from_dict', 'parse_sets', 'get_config', 'config_to_dict', 'load_config', 'data_root',
-           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'write_jsonl', 'read_jsonl', 'sha256_bytes',
-           'sha256_file', 'seed_of', 'sha256_json']
+           'DATA_HELP', 'ConfigError', 'yaml_problem', 'read_text_file', 'SeedsConfig', 'AugmentConfig',
+           'FinetuneConfig', 'EvaluateConfig', 'GalleryConfig', 'ScalingConfig', 'AnalysisConfig', 'AblationConfig',
+           'StageResources', 'ResourcesConfig', 'Config', 'from_dict', 'parse_sets', 'get_config', 'config_to_dict',
+           'load_config', 'data_root', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'write_jsonl',
+           'read_jsonl', 'sha256_bytes', 'sha256_file', 'seed_of', 'sha256_json']
 
 # %% ../nbs/08_config.ipynb #c007
 class ConfigError(ValueError):
     "A configuration key or value that is not valid; the message names the key and what was expected."
+
+def yaml_problem(e) -> str:
+    "A PyYAML error as one line: the problem and where (line and column, 1-based), e.g. \"expected ',' or ']', but got '<stream end>' at line 2, column 9\"."
+    mark = getattr(e, 'problem_mark', None)
+    what = ' '.join(x for x in (getattr(e, 'context', None), getattr(e, 'problem', None)) if x) or str(e).splitlines()[0]
+    return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else what
+
+def read_text_file(path:str|Path, what:str) -> str:
+    "The text of the file `path`, or a `ConfigError` naming it as `what` (e.g. 'config file') and saying what is wrong: not found, a folder, unreadable."
+    p = Path(path)
+    try: return p.read_text(encoding='utf-8')
+    except FileNotFoundError: raise ConfigError(f"{what} {p}: not found") from None
+    except IsADirectoryError: raise ConfigError(f"{what} {p}: is a folder; expected a file") from None
+    except PermissionError: raise ConfigError(f"{what} {p}: not readable (permission denied)") from None
+    except UnicodeDecodeError: raise ConfigError(f"{what} {p}: not a UTF-8 text file") from None
 
 # %% ../nbs/08_config.ipynb #c009
 ANSWER_RULES = ('majority', 'mean', 'distribution', 'compat')
@@ -38,7 +53,7 @@ class SeedsConfig:
     weighted: bool = True               # use the WVS weight column `W_WEIGHT` where the data have one
     source: str = 'embedded'            # `embedded` aggregate shipped in the package, or `microdata` under the data root
     wvs_file: typing.Optional[str] = None  # a WVS CSV (cross-national Wave 7 file or a per-country extract) to read instead
-    prompt_style: str = 'default'       # question prompt: `default` (corrected) or `compat` (the original's wording)
+    prompt_style: str = 'default'       # question prompt: `default` (corrected) or `compat` (the original's wording; originals D5, D6)
     _choices = dict(answer_rule=ANSWER_RULES, prompt_style=PROMPT_STYLES, source=WVS_SOURCES)
 
 AUGMENT_SOURCES = ('generate', 'original')
@@ -135,7 +150,7 @@ SCORINGS = ('logprobs', 'generate', 'compat')
 @dataclass
 class EvaluateConfig:
     "Settings of the `evaluate` stage (the downstream tasks, `03_evaluate`) and of the `alignment` stage (WVS alignment: `wvs`, `heldout_topic`, `n_boot`; `03b_alignment`)."
-    scoring: str = 'logprobs'           # logprobs (option log-probabilities, deterministic), generate (greedy, strict parser) or compat (greedy, the original's parser)
+    scoring: str = 'logprobs'           # logprobs (option log-probabilities, deterministic), generate (greedy, strict parser) or compat (greedy, the original's parser; originals D20)
     max_items: int = 0                  # items per task at most (a stratified, seeded sample); 0: all
     max_text_chars: int = 0             # texts cut to this many characters (counted and flagged); 0: never
     tasks: list = field(default_factory=list)   # task keys (or culture:task) to evaluate; empty: every task of the culture
@@ -273,6 +288,10 @@ class Config:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     _choices = dict(profile=PROFILE_NAMES)
+    def _validate(self, prefix:str=''):
+        bad = [c for c in self.cultures if not re.fullmatch(r'[a-z][a-z0-9_-]*', c.strip().lower())]
+        if not self.cultures or bad:
+            raise ConfigError(f"config key 'cultures': expected culture names (or all), got {bad[0] if bad else 'none'}")
 
 # %% ../nbs/08_config.ipynb #c011
 LORA_PRESETS = {
@@ -384,7 +403,10 @@ def parse_sets(pairs) -> dict:
         if '=' not in p: raise ConfigError(f"--set {p!r}: expected key=value")
         key, raw = p.split('=', 1)
         try: value = yaml.safe_load(raw) if raw.strip() else ''
-        except yaml.YAMLError: value = raw
+        except yaml.YAMLError as e:
+            if raw.strip()[:1] in '[{': raise ConfigError(f"--set {p!r}: the value is not valid YAML ({yaml_problem(e)})") from None
+            value = raw                     # a plain string YAML cannot read (a model name with ': ' in it, say)
+        if not key.strip() or any(not k for k in key.strip().split('.')): raise ConfigError(f"--set {p!r}: expected key=value with a key such as seeds.answer_rule")
         node, parts = out, key.strip().split('.')
         for part in parts[:-1]: node = node.setdefault(part, {})
         node[parts[-1]] = value
@@ -401,10 +423,11 @@ def get_config(profile:str='smoke',   # profile name: smoke, cpu or paper
     fd = {}
     if file is not None:
         p = Path(file)
-        try: fd = yaml.safe_load(p.read_text()) or {}
-        except FileNotFoundError: raise ConfigError(f"config file {p}: not found") from None
-        except yaml.YAMLError as e: raise ConfigError(f"config file {p}: not valid YAML/JSON ({str(e).splitlines()[0]})") from None
+        try: fd = yaml.safe_load(read_text_file(p, 'config file')) or {}
+        except yaml.YAMLError as e: raise ConfigError(f"config file {p}: not valid YAML/JSON ({yaml_problem(e)})") from None
         if not isinstance(fd, dict): raise ConfigError(f"config file {p}: expected a mapping of keys to values")
+    for src, x in (('--set', overrides or {}), (f"config file {file}", fd)):
+        if 'profile' in x: raise ConfigError(f"{src}: 'profile' is chosen with --profile (got {x['profile']!r}); profiles: {', '.join(PROFILE_NAMES)}")
     preset = next((x['finetune']['preset'] for x in (overrides or {}, fd) if isinstance(x.get('finetune'), dict)
                    and 'preset' in x['finetune']), d['finetune'].get('preset'))
     if preset is not None:                   # a preset sits under the keys set beside it (file, --set)
@@ -435,8 +458,10 @@ def data_root(cfg:Config|None=None, required:bool=True) -> Path|None:
     "The data root from `cfg.data_root` or `$CULTURELLM_DATA`; a clear error if `required` and absent."
     root = (cfg.data_root if cfg else None) or os.environ.get('CULTURELLM_DATA')
     if root and Path(root).expanduser().is_dir(): return Path(root).expanduser().resolve()
+    if root:                                       # given but wrong: an error even where the data are optional
+        key = "config key 'data_root'" if cfg and cfg.data_root else '$CULTURELLM_DATA'
+        raise ConfigError(f"{key}: {root} is not a folder; {DATA_HELP}")
     if not required: return None
-    if root: raise ConfigError(f"data root {root}: not a folder; {DATA_HELP}")
     raise ConfigError(f"no data root is set; {DATA_HELP}")
 
 # %% ../nbs/08_config.ipynb #c028
@@ -469,7 +494,7 @@ def write_jsonl(path:str|Path, records) -> Path:
     return atomic_write_text(path, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in records))
 
 def read_jsonl(path:str|Path) -> list:
-    "Read JSON Lines, splitting on newline only (some data contain U+2028); errors name file and line."
+    "Read JSON Lines, splitting on newline only (some data contain U+2028 or U+0085: originals D32); errors name file and line."
     out = []
     for i, line in enumerate(Path(path).read_text(encoding='utf-8').split('\n'), 1):
         if not line.strip(): continue

@@ -219,7 +219,7 @@ def read_task(task:Task,              # the task
 # %% ../nbs/03_evaluate.ipynb #e016
 def prepare_items(df:pd.DataFrame,     # `read_task` output
                   task:Task,           # its task
-                  fix:bool=True,       # undo known gold-label typos (False for `compat`)
+                  fix:bool=True,       # undo known gold-label typos (originals D22; False for `compat`)
                  ) -> tuple:
     "(items to score, counts): empty gold labels and empty texts excluded and counted, typos undone."
     c = dict(rows=len(df), empty_gold=int((df.gold == '').sum()), no_text=int(((df.text.str.strip() == '') & (df.gold != '')).sum()))
@@ -370,7 +370,7 @@ def strict_parse(reply:str|None,   # the model's reply
 def compat_parse(reply:str|None,   # the model's reply
                  family:str,       # the task's prompt family
                 ) -> tuple:
-    "(label or the reply itself, whether a rule matched) under the original's substring parser."
+    "(label or the reply itself, whether a rule matched) under the original's substring parser (originals D20)."
     f, r = FAMILIES[family], (reply or '').lower()
     for sub, label in f.rules:
         if sub in r: return label, True

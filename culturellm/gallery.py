@@ -468,6 +468,11 @@ def rescore_geomlama(paths:list,              # per-run CSVs in the released for
 def rescore_command(args) -> int:
     "`culturellm rescore geomlama FILE...`: print (and with --out write) the precision@k table of released-format files."
     from culturellm.config import data_root
+    lang, out = getattr(args, 'language', None), getattr(args, 'out', None)
+    if lang is not None and lang not in LANGUAGES:
+        print(f"culturellm: error: --language {lang!r}: unknown; expected one of {', '.join(LANGUAGES)}", file=sys.stderr); return 2
+    if out and Path(out).is_dir():
+        print(f"culturellm: error: --out {out}: is a folder; expected a CSV file name", file=sys.stderr); return 2
     try:
         root = Path(args.data_root) if getattr(args, 'data_root', None) else data_root(None, required=False)
         t = rescore_geomlama(args.files, root, getattr(args, 'language', None))
@@ -820,7 +825,7 @@ def load_instructions(path:str|Path|None=None,   # Alpaca JSON (a list of object
     return out
 
 # %% ../nbs/06_gallery.ipynb #g073
-_CODE = re.compile(r"&&|\|\||<html>|;\n|\bSELECT\b|</\w+>|\bdef \w+\(|\w+\(\)\s*\{|:\s*[\w#%.-]+;|:\n[ \t]+|\bprint\(")   # the original's code markers, plus Python blocks and print(
+_CODE = re.compile(r"&&|\|\||<html>|;\n|\bSELECT\b|</\w+>|\bdef \w+\(|\w+\(\)\s*\{|:\s*[\w#%.-]+;|:\n[ \t]+|\bprint\(")   # the original's code markers, plus Python blocks and print( (originals D48)
 
 def translatable(text:str) -> bool:
     "The original's rule, tightened: False for empty text, text without a run of three letters, or code (`&&`, `SELECT`, closing tags, `def f(`, `f() {`, `: value;`, an indented block)."

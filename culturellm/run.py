@@ -23,7 +23,7 @@ __all__ = ['STAGES', 'STAGE_NAMES', 'MANIFEST_PACKAGES', 'CHECK_TAG', 'MODEL_STA
            'find_nbs', 'code_fingerprint', 'data_fingerprint', 'package_versions', 'git_revision', 'Task',
            'notebook_error', 'execute_child', 'execute_task', 'last_progress', 'visible_gpus', 'task_resources',
            'hashed_config', 'GpuPool', 'check_resources', 'update_manifest', 'forwarded_env', 'RayExecutor',
-           'default_jobs', 'run_study', 'stop_tree', 'RunLock', 'summarise', 'main']
+           'check_out', 'check_inputs', 'default_jobs', 'run_study', 'stop_tree', 'RunLock', 'summarise', 'main']
 
 # %% ../nbs/09_run.ipynb #c007
 @dataclass(frozen=True)
@@ -349,6 +349,30 @@ class RayExecutor:
             except Exception: pass
     def close(self): self.ray.shutdown()
 
+# %% ../nbs/09_run.ipynb #c019w
+def check_out(out:Path) -> None:
+    "Raise `ConfigError` unless `out` is, or can be made, a writable run folder (nothing is created here)."
+    if out.exists() and not out.is_dir(): raise ConfigError(f"--out {out}: is a file; expected a run folder")
+    probe = out
+    while not probe.exists(): probe = probe.parent          # the nearest folder that exists must let us write
+    if not probe.is_dir(): raise ConfigError(f"--out {out}: {probe} is a file; expected a folder")
+    if not os.access(probe, os.W_OK | os.X_OK): raise ConfigError(f"--out {out}: {probe} is not writable")
+
+def check_inputs(cfg:Config, stages:list, cultures:dict, names:list) -> None:
+    "Raise a one-line error before any work where what the selected stages read for the cultures `names` is wrong: the data root, each culture's survey file (when seeds runs) and its own test sets (every record's text and label)."
+    from culturellm.seeds import wvs_counts, WVSDataError
+    from culturellm.evaluate import user_task, read_task, TaskDataError
+    data_root(cfg, required=False)                          # a root that is given must exist
+    run = {s.name for s in stages}
+    for c in names:
+        C = cultures[c]
+        if 'seeds' in run and (C.wvs_file or cfg.seeds.wvs_file or cfg.seeds.source == 'embedded'):
+            wvs_counts(C, cfg.seeds.source, cfg.seeds.wvs_file, None, weighted=cfg.seeds.weighted)   # reads a culture's own file; the microdata is read by the stage
+        for task, path in C.test_sets:
+            if not Path(path).is_file(): raise ConfigError(f"culture {C.name!r}, test set {task!r}: {path} not found; expected a JSONL file, a text and a label per line")
+            try: read_task(user_task(C.name, task, path), None)
+            except TaskDataError as e: raise ConfigError(f"culture {C.name!r}, test set {task!r}: {e}") from None
+
 # %% ../nbs/09_run.ipynb #c020
 def _now() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
@@ -394,6 +418,7 @@ def run_study(cfg:Config,                    # the resolved configuration
     if executor not in EXECUTORS: raise ConfigError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     if jobs is not None and jobs < 1: raise ConfigError(f"--jobs {jobs}: expected a positive number")
     tasks = [Task(s, c) for s in sel for c in stage_tasks(s, cultures, cfg)]
+    check_out(out); check_inputs(cfg, sel, load_cultures(cfg.cultures_file), cultures)   # nothing is written before these pass
     rx = RayExecutor(ray_address) if executor == 'ray' else None   # joins the cluster: an unreachable address fails here
     lock = None
     try:
@@ -403,6 +428,7 @@ def run_study(cfg:Config,                    # the resolved configuration
         out.mkdir(parents=True, exist_ok=True)
         lock = RunLock(out).acquire()                  # a second run on this folder is refused here
         if lock.note: print(f"note: {lock.note}", file=sys.stderr)
+        if progress: print(f"culturellm run: profile {cfg.profile}, cultures {', '.join(cultures)}, into {out}", file=sys.stderr)
         if rx: rx.check_folder(out, nbs)
     except BaseException:
         if lock: lock.release()
@@ -430,8 +456,10 @@ def run_study(cfg:Config,                    # the resolved configuration
                 m['stages'] = dict(stages_, **{k: manifest['stages'][k] for k in keys})
             return update_manifest(mpath, change)
         bar = _bar(len(tasks), progress); t0 = time.time()
-        def say(msg):
-            if progress: (bar.write if bar else print)(msg)
+        def say(msg, err=False):              # a task that did not succeed: on stderr
+            if not progress: return
+            f = sys.stderr if err else sys.stdout
+            bar.write(msg, file=f) if bar else print(msg, file=f)
         params = dict(profile=cfg.profile, run_dir=str(out), config_file=str(out / 'config.json'))
         threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None   # tasks side by side share the cores
         said_missing = set()
@@ -463,7 +491,7 @@ def run_study(cfg:Config,                    # the resolved configuration
             if rec['status'] == 'missing':
                 if t.stage.name not in said_missing: say(f"  {'missing':8s} {t.stage.name} × *  ({rec['error']})")
                 said_missing.add(t.stage.name)
-            else: say(f"  {('reused' if rec.get('reused') else rec['status']):8s} {t.stage.name} × {t.culture}" + (f"  ({rec['error']})" if rec.get('error') else ''))
+            else: say(f"  {('reused' if rec.get('reused') else rec['status']):8s} {t.stage.name} × {t.culture}" + (f"  ({rec['error']})" if rec.get('error') else ''), err=rec['status'] != 'ok')
         def collect(t, rec, fut):
             try: res = fut.result()
             except Exception as e: res = {'status': 'failed', 'seconds': None, 'peak_rss_mb': None, 'error': f"{type(e).__name__}: {e}"}
@@ -477,7 +505,7 @@ def run_study(cfg:Config,                    # the resolved configuration
             if rf.exists(): res['record'] = json.loads(rf.read_text())
             rec.update(res, finished=_now()); finish(t, rec)
             say(f"  {rec['status']:8s} {s.name} × {t.culture}  {rec['seconds']}s  [{time.time() - t0:.0f}s elapsed]"
-                + (f"\n           {t.out_nb(out)}: {rec['error']}" if rec['error'] else ''))
+                + (f"\n           {t.out_nb(out)}: {rec['error']}" if rec['error'] else ''), err=rec['status'] != 'ok')
         reads = {t.key: [u for u in tasks if u is not t and u.stage.name in t.stage.reads and reads_culture(u.culture, t.culture)] for t in tasks}
         below = {t.key: set() for t in tasks}                 # the tasks that read each task, directly or through others
         for t in reversed(tasks):                             # study order: a task's readers come after it, so theirs are complete
@@ -624,12 +652,15 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument('--profile', default='cpu', choices=PROFILE_NAMES)
     g.add_argument('--set', action='append', default=[], metavar='KEY=VALUE'); g.add_argument('--config')
     from culturellm.plan import add_plan_parser; add_plan_parser(sub)   # `culturellm plan` (09b_plan)
+    from culturellm.fetch import add_data_parser; add_data_parser(sub)  # `culturellm data fetch|verify` (10b_data)
+    from culturellm.export import add_export_parser; add_export_parser(sub)   # `culturellm export` (09c_export)
     return p
 
 # %% ../nbs/09_run.ipynb #c026
 def _cmd_cultures(args):
     from culturellm.seeds import load_cultures
     cs = load_cultures(args.cultures_file)
+    check_inputs(get_config('smoke'), [], cs, [c for c in cs if cs[c].test_sets])   # a culture's own test sets are read now, not when evaluate runs
     rows = [dict(name=c.name, language=c.language, language_code=c.language_code, countries=list(c.countries),
                  country_names=c.country_names, system_prompt=c.system_prompt) for c in cs.values()]
     if args.json: print(json.dumps(rows, ensure_ascii=False, indent=1)); return 0
@@ -652,16 +683,18 @@ def _cmd_answers(args):
     return 0
 
 def _cmd_run(args):
+    if args.cultures is not None and not [c for c in args.cultures.split(',') if c.strip()]:
+        raise ConfigError(f"--cultures {args.cultures!r}: expected comma-separated culture names, or all")
+    if args.timeout is not None and args.timeout <= 0: raise ConfigError(f"--timeout {args.timeout}: expected a positive number of seconds")
     cfg = get_config(args.profile, parse_sets(args.set + ([f"cultures=[{args.cultures}]"] if args.cultures else [])), args.config)
     out = Path(args.out or Path('outputs') / args.profile)
-    print(f"culturellm run: profile {cfg.profile}, cultures {', '.join(cfg.cultures)}, into {out}", file=sys.stderr)
     jobs = args.jobs if args.jobs is not None else (None if args.executor == 'ray' else default_jobs(cfg.profile))
     m = run_study(cfg, out, args.stages, jobs, args.nbs, args.force, True, args.timeout, args.checks, args.executor, args.ray_address)
     lines, rc = summarise(m)
     if m.get('interrupted'): rc = 128 + signal.Signals[m['interrupted']].value   # 130 for SIGINT, 143 for SIGTERM; a rerun resumes
     peak = f", peak memory {m['peak_rss_mb'] / 1024:.1f} GiB (its largest task)" if m.get('peak_rss_mb') else ''
     print(f"\n{out}/manifest.json — {len(m['last_run'])} tasks in {m['wall_seconds']:.1f}s{peak}")
-    for l in lines: print('  ' + l)
+    for l in lines: print('  ' + l, file=sys.stderr if l.split()[0] in ('failed', 'blocked', 'interrupted', 'missing') else sys.stdout)
     if (out / 'report.md').exists() and any(k.startswith('analysis/') for k in m['last_run']):
         print(f"\nreport: {(out / 'report.md').resolve()}  (figures in {(out / 'figures').resolve()})")
     asked = select_stages(args.stages) if args.stages else []
@@ -678,7 +711,7 @@ def main(argv=None) -> int:
     try:
         if args.cmd == 'run': return _cmd_run(args)
         if args.cmd == 'cultures': return _cmd_cultures(args)
-        if args.cmd == 'plan': return args.func(args)
+        if args.cmd in ('plan', 'data', 'export'): return args.func(args)
         if args.cmd == 'answers': return _cmd_answers(args)
         if args.cmd == 'rescore':
             from culturellm.gallery import rescore_command
@@ -687,3 +720,5 @@ def main(argv=None) -> int:
             print(json.dumps(config_to_dict(get_config(args.profile, parse_sets(args.set), args.config)), indent=1)); return 0
     except (ConfigError, WVSDataError) as e:
         print(f"culturellm: error: {e}", file=sys.stderr); return 2
+    except OSError as e:                     # a file the command was given that cannot be read or written: one line, never a traceback
+        print(f"culturellm: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr); return 2

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .config import (Config, ConfigError, get_config, load_config, data_root, atomic_write_json,
+from .config import (Config, ConfigError, get_config, load_config, data_root, atomic_write_json, read_text_file, yaml_problem,
                                write_jsonl, read_jsonl, ANSWER_RULES)
 
 # %% auto #0
@@ -102,7 +102,11 @@ def _culture_from_entry(e:dict, src:Path, idx) -> Culture:
     unknown = sorted(set(e) - _CULTURE_KEYS)
     if unknown: raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_CULTURE_KEYS))}")
     for k in ('name', 'countries', 'language'):
-        if not e.get(k): raise ConfigError(f"{where}: missing required key {k!r}")
+        if k not in e or e[k] is None: raise ConfigError(f"{where}: missing required key {k!r}")
+    if e['countries'] in ([], '', {}): raise ConfigError(f"{where}: key 'countries' is empty; expected at least one WVS alpha-3 code (e.g. [GRC])")
+    for k in ('language', 'language_code', 'adjective', 'system_prompt', 'original_name', 'wvs_file'):
+        if k in e and e[k] is not None and (not isinstance(e[k], str) or not e[k].strip()):
+            raise ConfigError(f"{where}: key {k!r} is {e[k]!r}; expected a non-empty string")
     name = str(e['name']).strip().lower()
     if not re.fullmatch(r'[a-z][a-z0-9_-]*', name) or name == 'all':
         raise ConfigError(f"{where}: name {e['name']!r} must be a lower-case word (letters, digits, - or _), not 'all'")
@@ -129,9 +133,8 @@ def load_cultures(path:str|Path|None=None) -> dict:
     out = dict(CULTURES)
     if path is None: return out
     src = Path(path)
-    try: data = yaml.safe_load(src.read_text(encoding='utf-8'))
-    except FileNotFoundError: raise ConfigError(f"cultures file {src}: not found") from None
-    except yaml.YAMLError as e: raise ConfigError(f"cultures file {src}: not valid YAML/JSON ({str(e).splitlines()[0]})") from None
+    try: data = yaml.safe_load(read_text_file(src, 'cultures file'))
+    except yaml.YAMLError as e: raise ConfigError(f"cultures file {src}: not valid YAML/JSON ({yaml_problem(e)})") from None
     if isinstance(data, dict) and 'cultures' in data: data = data['cultures']
     if isinstance(data, dict): data = [dict(v or {}, name=k) for k, v in data.items()]
     if not isinstance(data, list) or not data: raise ConfigError(f"cultures file {src}: expected a list of cultures or a mapping name -> culture")
@@ -146,7 +149,7 @@ def get_culture(name:str, cultures:dict|None=None) -> Culture:
     return cultures[name]
 
 # %% ../nbs/00_seeds.ipynb #c019
-SCALE_FIXES = {31: ("2. agree 4. Disagree", "2. agree 3. Disagree")}  # the original's Q31 typo
+SCALE_FIXES = {31: ("2. agree 4. Disagree", "2. agree 3. Disagree")}  # the original's Q31 typo (originals D5)
 
 @dataclass(frozen=True)
 class Scale:
@@ -293,7 +296,7 @@ def read_wvs(path:str|Path,               # a WVS Wave 7 CSV: a per-country extr
     return out
 
 # %% ../nbs/00_seeds.ipynb #c038
-ORIGINAL_EXACT_MEAN = ('IRQ', 'JOR')  # the original's older script took the exact mean for these two
+ORIGINAL_EXACT_MEAN = ('IRQ', 'JOR')  # the original's older script took the exact mean for these two (originals D4)
 
 @dataclass
 class CountryCounts:
@@ -396,7 +399,7 @@ def apply_rule(dist:np.ndarray|None, q:Question, rule:str='majority'):
     return int(min(codes[top], key=lambda c: (abs(c - mean), c)))
 
 def compat_answer(cc:CountryCounts, q:Question) -> int:
-    "The original's answer: the mean of raw codes including missing codes (its `Avg` row), truncated, sign dropped."
+    "The original's answer: the mean of raw codes including missing codes (its `Avg` row), truncated, sign dropped (originals D1, D2)."
     return abs(int(cc.compat_sum[q.id] / cc.n))
 
 # %% ../nbs/00_seeds.ipynb #c049
@@ -425,8 +428,14 @@ def wvs_counts(culture:Culture,           # the culture whose countries to load
     else: raise ConfigError(f"config key 'seeds.source': expected embedded or microdata, got {source!r}")
     absent = [c for c in culture.countries if c not in cc]
     if absent:
-        where = f or ('the embedded aggregate' if source == 'embedded' else 'the data')
+        if f: raise WVSDataError(f"{f}: no respondents of {absent[0]} (culture {culture.name!r}; the file has {', '.join(sorted(cc)) or 'no rows'}); "
+                                 f"expected rows whose B_COUNTRY_ALPHA is {absent[0]}")
+        where = 'the embedded aggregate' if source == 'embedded' else 'the data'
         raise WVSDataError(f"culture {culture.name!r}: no respondents of {absent[0]} in {where} (it has {', '.join(sorted(cc)) or 'none'}); give the culture a wvs_file")
+    for c in culture.countries:                    # a country whose every answer is a missing-value code answers nothing
+        if not any(cc[c].valid(q.id, weighted) for q in questions):
+            raise WVSDataError(f"{f or cc[c].source or 'the data'}: every answer of {c}'s {cc[c].n} respondents is a missing-value code (negative) "
+                               f"on all {len(questions)} questions; expected the Wave 7 answers")
     return {c: cc[c] for c in culture.countries}
 
 # %% ../nbs/00_seeds.ipynb #c050
@@ -437,7 +446,7 @@ def culture_answers(culture:Culture, counts:dict, rule:str='majority', questions
     questions = questions or load_questions()
     if rule not in ANSWER_RULES: raise ConfigError(f"config key 'seeds.answer_rule': expected one of {', '.join(ANSWER_RULES)}, got {rule!r}")
     if rule == 'compat':
-        first = counts[culture.countries[0]]   # the first half of the original's files: Iraq for Arabic, Argentina for Spanish
+        first = counts[culture.countries[0]]   # the first half of the original's files: Iraq for Arabic, Argentina for Spanish (originals D8)
         return {q.id: a if (a := compat_answer(first, q)) in q.scale else str(a) for q in questions}
     return {q.id: apply_rule(culture_distribution(counts, culture.countries, q, weighted), q, rule) for q in questions}
 
@@ -454,7 +463,7 @@ def answer_label(q:Question, a) -> str:
 
 # %% ../nbs/00_seeds.ipynb #c056
 def system_prompt(culture:Culture, style:str='default') -> str:
-    "The culture's system prompt; `compat` gives the original's ('You are an China chatbot that know China very well.')."
+    "The culture's system prompt; `compat` gives the original's ('You are an China chatbot that know China very well.'; originals D7)."
     if style == 'compat': return f"You are an {culture.original_name} chatbot that know {culture.original_name} very well."
     return culture.system_prompt
 

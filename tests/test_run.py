@@ -448,3 +448,60 @@ def test_a_stopped_run_leaves_no_kernel_and_resumes(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     m = json.loads((out / 'manifest.json').read_text())
     assert {k: v['status'] for k, v in m['stages'].items()} == {'seeds/korean': 'ok', 'augment/all': 'ok'} and not m['interrupted']
+
+
+def _bad_inputs(d: Path, data_root: Path) -> list:
+    "(arguments, what the one error line must contain) for each class of bad input a user can give; files written into `d`."
+    import csv
+    (d / 'adir').mkdir(); (d / 'afile').write_text('x\n')
+    culture = lambda extra='', countries='[IRQ]', lang='Greek': f"greek:\n  countries: {countries}\n  language: {lang}\n{extra}"
+    ts = lambda f: f"  test_sets:\n    offensive_detect_gr: {f}\n"
+    files = {'c_missing_ts.yaml': culture(ts('nofile.jsonl')), 'c_badlabel.yaml': culture(ts('bl.jsonl')), 'bl.jsonl': '{"text": "hi", "label": "banana"}\n',
+             'c_notext.yaml': culture(ts('nt.jsonl')), 'nt.jsonl': '{"label": "OFF"}\n', 'c_badjson.yaml': culture(ts('bj.jsonl')), 'bj.jsonl': '{"text": "hi", "label": \n',
+             'c_lang.yaml': culture(lang='[1, 2]'), 'c_nocountries.yaml': culture(countries='[]'), 'c_yaml.yaml': 'greek:\n  countries: [GRC\n  language: Greek\n',
+             'cfg_yaml.yaml': 'finetune:\n  r: [1\n', 'c_wvs_missing.yaml': culture('  wvs_file: wvs_missing.csv\n'),
+             'c_wvs_header.yaml': culture('  wvs_file: wvs_header.csv\n')}
+    for k, v in files.items(): (d / k).write_text(v)
+    rows = list(csv.reader(open(data_root / 'culturellm' / 'Arabic' / 'Iraq.csv')))
+    (d / 'wvs_header.csv').write_text(','.join(rows[0]) + '\n')
+    with open(d / 'wvs_missing.csv', 'w', newline='') as f:
+        csv.writer(f).writerows([rows[0]] + [[('-1' if h.startswith('Q') else v) for h, v in zip(rows[0], r)] for r in rows[1:20]])
+    run = ['run', '--profile', 'smoke', '--stages', 'seeds', '--out', str(d / 'out')]
+    return [(['cultures', '--cultures-file', str(d / 'adir')], 'is a folder; expected a file'),
+            (run + ['--config', str(d / 'adir')], 'is a folder; expected a file'),
+            (['answers', 'arabic', '--wvs', str(d / 'adir')], 'Is a directory'),
+            (['run', '--profile', 'smoke', '--out', str(d / 'afile')], 'is a file; expected a run folder'),
+            (run + ['--set', f"cultures_file={d / 'c_missing_ts.yaml'}", '--cultures', 'greek'], "test set 'offensive_detect_gr'"),
+            (run + ['--set', f"cultures_file={d / 'c_badlabel.yaml'}", '--cultures', 'greek'], "label 'banana' is not in the label set"),
+            (run + ['--set', f"cultures_file={d / 'c_notext.yaml'}", '--cultures', 'greek'], 'no text key'),
+            (run + ['--set', f"cultures_file={d / 'c_badjson.yaml'}", '--cultures', 'greek'], 'line 1: not valid JSON'),
+            (['cultures', '--cultures-file', str(d / 'c_badlabel.yaml')], "label 'banana'"),
+            (run + ['--set', 'profile=paper'], "'profile' is chosen with --profile"),
+            (run + ['--cultures', ''], "--cultures '': expected"),
+            (run + ['--set', 'cultures=[,]'], 'the value is not valid YAML'),
+            (run + ['--set', 'cultures=[]'], "config key 'cultures'"),
+            (run + ['--set', f"data_root={d / 'nowhere'}"], "config key 'data_root'"),
+            (run + ['--timeout', '-5'], '--timeout -5'),
+            (run + ['--jobs', '0'], '--jobs 0'),
+            (['cultures', '--cultures-file', str(d / 'c_lang.yaml')], "key 'language' is [1, 2]; expected a non-empty string"),
+            (['cultures', '--cultures-file', str(d / 'c_nocountries.yaml')], "key 'countries' is empty"),
+            (['cultures', '--cultures-file', str(d / 'c_yaml.yaml')], 'at line 3, column'),
+            (run + ['--config', str(d / 'cfg_yaml.yaml')], 'at line 3, column 1'),
+            (run + ['--set', f"cultures_file={d / 'c_wvs_missing.yaml'}", '--cultures', 'greek'], 'is a missing-value code (negative) on all 50 questions'),
+            (run + ['--set', f"cultures_file={d / 'c_wvs_header.yaml'}", '--cultures', 'greek'], 'the file has no rows'),
+            (['rescore', 'geomlama', str(d / 'afile'), '--language', 'xx'], "--language 'xx': unknown"),
+            (['rescore', 'geomlama', str(d / 'afile'), '--out', str(d / 'adir')], '--out'),
+            (run + ['--set', 'finetune.processes=512'], "'finetune.processes'")]
+
+
+def test_every_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, data_root):
+    """Each class of bad input (a folder for a file, a file for the run folder, a culture's broken test set or survey file,
+    values the configuration must refuse, YAML errors with their line and column) gets one `culturellm: error:` line on
+    stderr, exit 2, and leaves no run folder behind."""
+    from culturellm.run import main
+    for argv, want in _bad_inputs(tmp_path, data_root):
+        rc = main(argv)
+        out, err = capsys.readouterr()
+        lines = [l for l in err.splitlines() if l.strip()]
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith('culturellm: error: ') and want in lines[0], (argv, rc, err)
+        assert 'Traceback' not in err and not (tmp_path / 'out').exists(), argv
