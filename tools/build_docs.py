@@ -126,6 +126,14 @@ def import_module(lib:str, mod:str|None):
 def _md(src:str) -> dict: return {'cell_type': 'markdown', 'metadata': {}, 'source': src}
 
 
+_HEADING_ID = re.compile(r'^(#{1,6} .*?)[ \t]*\{#([A-Za-z][\w-]*)\}[ \t]*$', re.M)
+
+
+def heading_ids(src:str) -> str:
+    "Quarto's explicit heading ids (`### D7 · title {#d7}`, which nbdev_docs renders) as MyST targets: `(d7)=` above the heading."
+    return _HEADING_ID.sub(lambda m: f'({m.group(2)})=\n{m.group(1)}', src)
+
+
 def _clean_stream(text:str) -> str:
     "A stream as a terminal would leave it: ANSI codes dropped, a line rewritten with \\r kept at its last state."
     text = _ANSI.sub('', text)
@@ -179,7 +187,7 @@ def doc_cells(nb:dict, module, banner:str|None=None, bases:list=(), dest:Path|No
     for c in nb['cells']:
         kind, src = c.get('cell_type'), c.get('source', '')
         if kind == 'markdown':
-            cells.append(_md(src))
+            cells.append(_md(heading_ids(src)))
             if not banner_done and re.search(r'^#\s', src, re.M):   # the banner goes right below the title
                 cells.append(_md(banner)); banner_done = True
             continue

@@ -65,6 +65,17 @@ def facts(results: Path = RESULTS) -> dict:
             F[f'scoring.{dt}.diff'] = f"{d['max_abs_diff']:.2g}"
             F[f'scoring.{dt}.agree'] = f"{d['argmax_agree']:.1%}"
             F[f'scoring.{dt}.peak_fraction'] = f"{d['gflops'] / s['peak_gflops'][dt]:.0%}" if dt in s['peak_gflops'] else 'n/a'
+    if 'gpu_paper' in R:
+        g = R['gpu_paper']; a = g['adapters'][g['culture']]; ev = g['evaluate']['models']
+        F['gpu.device'] = g['device']
+        F['gpu.when'] = f"{g['when']}, commit {g['commit']}"
+        F['gpu.train'] = (f"{a['samples']} samples, {a['steps']} steps of {a['batch_size']} (r {a['r']}, {a['epochs']:g} epochs) in "
+                          f"{a['seconds']:.1f} s of training on {a['device']} {a['dtype']}, {a['tokens_per_s']:,.0f} tokens/s")
+        F['gpu.finetune_task'] = dur(g['stages'][f"finetune/{g['culture']}"]['seconds'])
+        rates = ', '.join(f"{k} {v['items_per_s']:.0f}" for k, v in ev.items())
+        F['gpu.evaluate'] = (f"{g['items']:,} items of {g['tasks']} tasks × {len(ev)} models in "
+                             f"{dur(g['stages']['evaluate/' + g['culture']]['seconds'])} (items/s: {rates})")
+        F['gpu.f1'] = ', '.join(f"{k} {v['mean_macro_f1']:.3f}" for k, v in ev.items())
     return F
 
 
@@ -99,7 +110,7 @@ def render(nb_path: Path = REPO / 'nbs' / 'index.ipynb') -> str:
         src = c.source.strip()
         if not src: continue
         if c.cell_type == 'markdown':
-            parts.append(re.sub(r'\]\((?!https?:|/|#)([^)]+)\)', lambda m: f"](nbs/{m.group(1)})" if (REPO / 'nbs' / m.group(1)).exists() else m.group(0), src))
+            parts.append(re.sub(r'\]\((?!https?:|/|#)([^)]+)\)', lambda m: f"](nbs/{m.group(1)})" if (REPO / 'nbs' / m.group(1).split('#')[0]).exists() else m.group(0), src))
         elif c.cell_type == 'code' and not re.search(r'^#\|\s*(hide|default_exp|export)', src, re.M):
             parts.append("```python\n" + src + "\n```")
     return HEADER + "\n\n".join(parts) + "\n"
