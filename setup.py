@@ -33,9 +33,10 @@ setuptools.setup(
         "Natural Language :: " + cfg["language"].title(),
     ] + ["Programming Language :: Python :: " + o for o in py_versions[py_versions.index(min_python):]],
     url=cfg["git_url"],
-    packages=setuptools.find_packages(include=["culturellm", "culturellm.*"]),
+    # culturellm.data holds JSON only (no __init__.py): a namespace package, so that setuptools installs it as one
+    packages=setuptools.find_namespace_packages(include=["culturellm", "culturellm.*"]),
     include_package_data=True,
-    package_data={"culturellm": ["data/*.json"]},
+    package_data={"culturellm.data": ["*.json"]},
     install_requires=requirements,
     extras_require={"dev": dev_requirements, "bench": bench_requirements, "ray": ray_requirements},
     dependency_links=cfg.get("dep_links", "").split(),

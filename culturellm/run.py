@@ -5,7 +5,7 @@
 # %% ../nbs/09_run.ipynb #c001
 from __future__ import annotations
 
-import argparse, json, math, os, platform, re, signal, subprocess, sys, threading, time, datetime
+import argparse, json, os, platform, re, signal, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor, wait, FIRST_COMPLETED
 from dataclasses import dataclass
 from importlib import metadata
@@ -16,14 +16,14 @@ import nbformat
 import culturellm
 from .config import (Config, ConfigError, get_config, parse_sets, config_to_dict, data_root,
                                atomic_write_json, sha256_file, sha256_json, PROFILE_NAMES, ANSWER_RULES)
+from .scale import (EXECUTORS, GpuPool, RayExecutor, RunLock, _LIVE, _now, check_resources, hashed_config,
+                              stop_tree, task_resources, update_manifest, visible_gpus)
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_NAMES', 'MANIFEST_PACKAGES', 'CHECK_TAG', 'MODEL_STAGES', 'TRAINING_STAGES', 'EXECUTION_KEYS',
-           'EXECUTORS', 'FORWARD_ENV', 'DEFAULT_JOBS', 'Stage', 'reads_culture', 'select_stages', 'stage_tasks',
-           'find_nbs', 'code_fingerprint', 'data_fingerprint', 'package_versions', 'git_revision', 'Task',
-           'notebook_error', 'execute_child', 'execute_task', 'last_progress', 'visible_gpus', 'task_resources',
-           'hashed_config', 'GpuPool', 'check_resources', 'update_manifest', 'forwarded_env', 'RayExecutor',
-           'check_out', 'check_inputs', 'default_jobs', 'run_study', 'stop_tree', 'RunLock', 'summarise', 'main']
+__all__ = ['STAGES', 'STAGE_NAMES', 'MANIFEST_PACKAGES', 'CHECK_TAG', 'DEFAULT_JOBS', 'Stage', 'reads_culture', 'select_stages',
+           'stage_tasks', 'find_nbs', 'code_fingerprint', 'data_fingerprint', 'package_versions', 'git_revision',
+           'Task', 'notebook_error', 'execute_child', 'execute_task', 'last_progress', 'check_out', 'check_inputs',
+           'default_jobs', 'run_study', 'summarise', 'main']
 
 # %% ../nbs/09_run.ipynb #c007
 @dataclass(frozen=True)
@@ -201,154 +201,6 @@ def last_progress(path:Path,        # a stderr file that progress bars write to
             return ' '.join((desc.strip() + ' ' + (rest[bar_end + 1:] if bar_end >= 0 else rest).strip()).split())
     return None
 
-# %% ../nbs/09_run.ipynb #c019s
-MODEL_STAGES = ('augment', 'finetune', 'evaluate', 'alignment', 'ablation', 'scaling', 'gallery')   # stages that run a model
-TRAINING_STAGES = ('finetune', 'ablation', 'scaling')   # stages that train through `train_lora` (with finetune.processes)
-EXECUTION_KEYS = ('resources', 'finetune.processes')   # settings of how a run executes, not of what it computes: left out of input hashes
-
-def visible_gpus(env:dict|None=None, # the environment to read (default: this process's)
-                ) -> list:
-    "The GPUs a process may use, as `CUDA_VISIBLE_DEVICES` names them (else nvidia-smi's indices); [] without any."
-    env = os.environ if env is None else env
-    if 'CUDA_VISIBLE_DEVICES' in env:
-        out = []
-        for d in env['CUDA_VISIBLE_DEVICES'].split(','):
-            if not d.strip() or d.strip().startswith('-'): break        # CUDA stops at the first invalid entry
-            out.append(d.strip())
-        return out
-    try: r = subprocess.run(['nvidia-smi', '--query-gpu=index', '--format=csv,noheader'], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired): return []
-    return [l.strip() for l in r.stdout.splitlines() if l.strip()] if r.returncode == 0 else []
-
-def task_resources(cfg:Config, stage:str, gpus_exist:bool) -> dict:
-    "{'gpus', 'cpus'} one task of `stage` asks for: `resources.<stage>`; gpus None is one for a stage that runs a model where GPUs exist, else none; a stage that trains gets `finetune.processes` GPUs (on GPUs) or cores (on CPUs) at least."
-    r = getattr(cfg.resources, stage)
-    g = r.gpus if r.gpus is not None else int(gpus_exist and stage in MODEL_STAGES)
-    n = cfg.finetune.processes if stage in TRAINING_STAGES else 1
-    if g and n > 1: g = max(g, n)
-    return dict(gpus=g, cpus=max(r.cpus, float(n)) if stage in TRAINING_STAGES and not g else r.cpus)
-
-def hashed_config(cfgd:dict) -> dict:
-    "The configuration as input hashes see it: without the `EXECUTION_KEYS` (an adapter trained by 4 processes is the one 1 process trains)."
-    d = json.loads(json.dumps(cfgd))
-    for k in EXECUTION_KEYS:
-        *path, last = k.split('.'); node = d
-        for p in path: node = node.get(p, {})
-        node.pop(last, None)
-    return d
-
-class GpuPool:
-    "The GPUs that side-by-side tasks share: a task takes whole devices while it runs and gives them back after."
-    def __init__(self, ids:list): self.ids, self.free = list(ids), list(ids)
-    @property
-    def total(self) -> int: return len(self.ids)
-    def take(self, n:int) -> list|None:
-        "`n` free GPUs (the first in order), or None where fewer are free."
-        if n > len(self.free): return None
-        got, self.free = self.free[:n], self.free[n:]
-        return got
-    def give(self, got:list):
-        "Give back what `take` gave."
-        self.free = [i for i in self.ids if i in set(self.free) | set(got)]
-
-def check_resources(cfg:Config, stages:list, gpus:list, cores:int, where:str='this machine',
-                    cpus:bool=False,   # also check the stages' cores (a Ray task that asks for more than a node has never starts)
-                   ) -> None:
-    "Raise `ConfigError` before any work where a selected stage asks for more GPUs (or, with `cpus`, cores) than there are, or `finetune.processes` exceeds the devices."
-    n = cfg.finetune.processes
-    if n > 1 and any(s.name in TRAINING_STAGES for s in stages):
-        have, what = (len(gpus), 'GPUs') if gpus else (cores, 'CPU cores and no GPU')
-        if n > have: raise ConfigError(f"config key 'finetune.processes': {n} training processes, but {where} has {have} {what}; expected at most {have}")
-    for s in stages:
-        r = getattr(cfg.resources, s.name)
-        g = task_resources(cfg, s.name, bool(gpus))['gpus']
-        if (r.gpus or 0) > len(gpus) or (gpus and g > len(gpus)):
-            raise ConfigError(f"config key 'resources.{s.name}.gpus': a task asks for {g} GPUs, but {where} has {len(gpus)}; expected at most {len(gpus)}")
-        c = task_resources(cfg, s.name, bool(gpus))['cpus']
-        if cpus and c > cores:
-            raise ConfigError(f"config key 'resources.{s.name}.cpus': a task asks for {c:g} cores, but {where} has {cores}; expected at most {cores}")
-
-# %% ../nbs/09_run.ipynb #c019u
-EXECUTORS = ('local', 'ray')
-
-def update_manifest(path:Path,    # the run's manifest.json
-                    change,       # a function that edits the manifest dict in place
-                   ) -> dict:
-    "Apply `change` to the manifest on disk under a file lock and write it by atomic replace: writers in several processes (or nodes, on a filesystem with POSIX locks) keep each other's entries."
-    from culturellm.llm import file_lock
-    path = Path(path)
-    with file_lock(path.with_name('.manifest.lock')):
-        m = json.loads(path.read_text()) if path.exists() else {}
-        change(m); atomic_write_json(path, m)
-    return m
-
-FORWARD_ENV = ('CULTURELLM_', 'HF_', 'TRANSFORMERS_', 'OPENAI_', 'PYTHONPATH')   # the driver's settings a Ray worker's notebooks get
-
-def forwarded_env(env:dict|None=None) -> dict:
-    "The variables of `env` (default: this process's) that a task on another node needs to see the same data, caches and keys."
-    env = os.environ if env is None else env
-    return {k: v for k, v in env.items() if k.startswith(FORWARD_ENV)}
-
-def _reachable(address:str):
-    "Raise `ConfigError` unless something listens at a Ray address host:port (seconds, not Ray's minute of retries)."
-    import socket
-    host, _, port = address.rpartition(':')
-    if not host or not port.isdigit(): raise ConfigError(f"--ray-address {address!r}: expected HOST:PORT (e.g. 10.0.0.1:6379), 'auto' or 'local'")
-    try: socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as e: raise ConfigError(f"--ray-address {address}: no Ray cluster answers there ({e.strerror or e}); start one with `ray start --head` or give its address") from None
-
-def _ray_task(task, out, nbs, params, timeout, threads, checks, env):
-    "What a Ray worker runs: the task's notebook, as `execute_task` runs it locally (Ray has set CUDA_VISIBLE_DEVICES to the task's GPUs)."
-    os.environ.update(env)
-    return execute_task(task, Path(out), Path(nbs), params, timeout, None, threads, checks)
-
-class RayExecutor:
-    "Runs each task as a Ray task asking for its stage's resources, on the cluster at `address` (else $RAY_ADDRESS, else a local one started here); `submit` gives a `concurrent.futures.Future`."
-    def __init__(self, address:str|None=None):
-        try: import ray
-        except ImportError: raise ConfigError("--executor ray: Ray is not installed; pip install 'culturellm[ray]'") from None
-        self.ray, addr = ray, address or os.environ.get('RAY_ADDRESS') or None
-        if addr not in (None, 'auto', 'local'): _reachable(addr)
-        kw = dict(include_dashboard=False, num_cpus=os.cpu_count()) if addr in (None, 'local') else {}
-        try: ray.init(address=addr, log_to_driver=False, logging_level='ERROR', **kw)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ConfigError(f"--ray-address {addr}: cannot join the Ray cluster ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-        self.address = addr or 'local'
-        self.nodes = [n for n in ray.nodes() if n.get('Alive')]
-        self.max_cpus = int(max((n['Resources'].get('CPU', 0) for n in self.nodes), default=0))
-        self.max_gpus = int(max((n['Resources'].get('GPU', 0) for n in self.nodes), default=0))
-        self._fn, self._refs = ray.remote(_ray_task), []
-    def describe(self) -> dict:
-        "What the manifest records of the cluster."
-        tot = self.ray.cluster_resources()
-        return dict(name='ray', address=self.address, ray=self.ray.__version__, nodes=len(self.nodes), cpus=tot.get('CPU', 0), gpus=tot.get('GPU', 0))
-    def check_folder(self, out:Path, nbs:Path):
-        "Raise `ConfigError` unless every node sees the run folder and the notebooks (each checks a probe file written here)."
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        probe = out / f'.ray-probe-{os.getpid()}'
-        probe.write_text('culturellm')
-        try:
-            sees = self.ray.remote(lambda paths: [p for p in paths if not os.path.exists(p)])
-            refs = [sees.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n['NodeID'], soft=False)).remote([str(probe), str(nbs / '00_seeds.ipynb')])
-                    for n in self.nodes]
-            for n, missing in zip(self.nodes, self.ray.get(refs, timeout=300)):
-                if missing: raise ConfigError(f"run folder {out}: Ray node {n['NodeManagerAddress']} does not see {missing[0]}; "
-                                              "the run folder and the notebooks must be on a filesystem every node mounts at the same path")
-        finally: probe.unlink(missing_ok=True)
-    def submit(self, t:Task, res:dict, out:Path, nbs:Path, params:dict, timeout:int|None, checks:bool):
-        "The task as a Ray task with `res` (gpus, cpus); a Future of `execute_task`'s record."
-        threads = max(1, math.ceil(res['cpus']))
-        fn = self._fn.options(num_cpus=res['cpus'], num_gpus=res['gpus'], max_retries=0, name=t.key)
-        ref = fn.remote(t, str(out), str(nbs), params, timeout, threads, checks, forwarded_env())
-        self._refs.append(ref)
-        return ref.future()
-    def cancel_all(self):
-        "Cancel every submitted task (a running one's worker is killed)."
-        for r in self._refs:
-            try: self.ray.cancel(r, force=True)
-            except Exception: pass
-    def close(self): self.ray.shutdown()
-
 # %% ../nbs/09_run.ipynb #c019w
 def check_out(out:Path) -> None:
     "Raise `ConfigError` unless `out` is, or can be made, a writable run folder (nothing is created here)."
@@ -360,7 +212,7 @@ def check_out(out:Path) -> None:
 
 def check_inputs(cfg:Config, stages:list, cultures:dict, names:list) -> None:
     "Raise a one-line error before any work where what the selected stages read for the cultures `names` is wrong: the data root, each culture's survey file (when seeds runs) and its own test sets (every record's text and label)."
-    from culturellm.seeds import wvs_counts, WVSDataError
+    from culturellm.seeds import wvs_counts
     from culturellm.evaluate import user_task, read_task, TaskDataError
     data_root(cfg, required=False)                          # a root that is given must exist
     run = {s.name for s in stages}
@@ -374,8 +226,6 @@ def check_inputs(cfg:Config, stages:list, cultures:dict, names:list) -> None:
             except TaskDataError as e: raise ConfigError(f"culture {C.name!r}, test set {task!r}: {e}") from None
 
 # %% ../nbs/09_run.ipynb #c020
-def _now() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
-
 def _bar(total:int, enabled:bool):
     "A tqdm progress bar over tasks, or None."
     if not enabled: return None
@@ -557,48 +407,6 @@ def run_study(cfg:Config,                    # the resolved configuration
         for sg, h in handlers.items(): signal.signal(sg, h)
         lock.release()
         if rx: rx.close()
-
-# %% ../nbs/09_run.ipynb #c018s
-_LIVE = {}   # {pid: Popen} of the tasks' notebook processes running now (execute_task registers them)
-
-def stop_tree(pid:int,            # a process: a task's papermill process
-              grace:float=5.0,    # seconds its tree has to exit after SIGTERM before SIGKILL
-             ) -> list:
-    "Stop a process and every descendant (its notebook kernel runs in a session of its own, out of reach of a process-group signal): SIGTERM, then SIGKILL for what is left after `grace` seconds; returns the pids it signalled."
-    import signal, psutil
-    try: root = psutil.Process(pid); procs = [root] + root.children(recursive=True)
-    except psutil.NoSuchProcess: return []
-    for p in procs:
-        try: p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess: pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        try: p.kill()
-        except psutil.NoSuchProcess: pass
-    psutil.wait_procs(alive, timeout=grace)
-    return [p.pid for p in procs]
-
-class RunLock:
-    "The run folder's lock, held while a run writes into it: `.lock` locked with `flock` and naming its holder; a second run is refused, a lock whose process is gone is taken over."
-    def __init__(self, out:Path): self.out, self.path, self.f, self.note = Path(out), Path(out) / '.lock', None, None
-    def acquire(self):
-        try: import fcntl
-        except ImportError: return self           # no flock (Windows): unlocked
-        f = open(self.path, 'a+')
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0); who = f.read().strip() or 'another process'; f.close()
-            raise ConfigError(f"run folder {self.out} is in use by {who}; wait for that run to end, or give another --out") from None
-        f.seek(0); old = f.read().strip()
-        if old: self.note = f"run folder {self.out}: took over the lock of {old}, which is no longer running"
-        f.seek(0); f.truncate(); f.write(f"culturellm run (pid {os.getpid()} on {platform.node()}, since {_now()})"); f.flush()
-        self.f = f
-        return self
-    def release(self):
-        if self.f is None: return
-        import fcntl
-        self.f.seek(0); self.f.truncate(); self.f.flush()     # a run that ended leaves no holder named
-        fcntl.flock(self.f, fcntl.LOCK_UN); self.f.close(); self.f = None
 
 # %% ../nbs/09_run.ipynb #c024
 def summarise(m:dict) -> tuple:

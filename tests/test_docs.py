@@ -242,3 +242,17 @@ def test_run_files(tmp_path):
     assert 'figures/none.png of the run folder: not available' in text
     assert 'recorded this stage as error' in text
     assert 'href="https://example.org/x.png"' in page.read_text()
+
+
+def test_no_build_machine_path_on_a_page(site, run_dir):
+    """The executed notebooks' parameters (run_dir, config_file) and outputs show paths relative to the run folder, never
+    the absolute paths of the machine that ran them."""
+    out, _ = site
+    html = (out / '00_seeds.html').read_text()
+    for p in (str(run_dir.resolve()), str(REPO), str(Path.home())):
+        assert p not in html, p
+    assert "run_dir" in html and "config.json" in html
+    nb = {'cells': [{'cell_type': 'code', 'source': f"run_dir = '{run_dir}'\nconfig_file = '{run_dir}/config.json'",
+                     'outputs': [{'output_type': 'stream', 'name': 'stdout', 'text': f"wrote {run_dir}/figures/x.png"}]}]}
+    got = bd.relative_paths(nb, bd.path_mapping(run_dir, REPO))['cells'][0]
+    assert got['source'] == "run_dir = '.'\nconfig_file = 'config.json'" and got['outputs'][0]['text'] == 'wrote figures/x.png'

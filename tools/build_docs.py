@@ -180,6 +180,38 @@ def _clean_outputs(outputs:list, bases:list=(), dest:Path|None=None) -> list:
     return keep
 
 
+def relative_paths(nb:dict, mapping:dict) -> dict:
+    """`nb` with the build machine's absolute paths in code and text outputs rewritten by `mapping` ({absolute path:
+    what to show}; the longest first): the run folder as `.`, the data root as `$CULTURELLM_DATA`, the checkout as its
+    relative paths, the home folder as `~`. Images are left as they are."""
+    pairs = sorted(((str(k).rstrip('/'), v) for k, v in mapping.items() if k), key=lambda kv: -len(kv[0]))
+    def fix(t):
+        if isinstance(t, list): t = ''.join(t)
+        for a, b in pairs: t = t.replace(a + '/', (b + '/') if b else '').replace(a, b or '.')
+        return t
+    out = json.loads(json.dumps(nb))
+    for c in out.get('cells', []):
+        if c.get('cell_type') != 'code': continue
+        c['source'] = fix(c.get('source', ''))
+        for o in c.get('outputs', []):
+            if 'text' in o: o['text'] = fix(o['text'])
+            for k in ('text/plain', 'text/markdown', 'text/html'):
+                if k in o.get('data', {}): o['data'][k] = fix(o['data'][k])
+            if 'evalue' in o: o['evalue'] = fix(o['evalue'])
+    return out
+
+
+def path_mapping(run:Path|None, root:Path) -> dict:
+    "What `relative_paths` rewrites for a page from the run folder `run` (None: a notebook executed in the checkout)."
+    m = {str(root.resolve()): '', str(Path.home()): '~'}
+    if run is not None:
+        m[str(run.resolve())] = '.'
+        dr = (json.loads((run / 'manifest.json').read_text()).get('data_root') if (run / 'manifest.json').is_file() else None)
+        if dr: m[str(dr)] = '$CULTURELLM_DATA'
+    if os.environ.get('CULTURELLM_DATA'): m.setdefault(str(Path(os.environ['CULTURELLM_DATA']).resolve()), '$CULTURELLM_DATA')
+    return m
+
+
 def doc_cells(nb:dict, module, banner:str|None=None, bases:list=(), dest:Path|None=None) -> list:
     """The cells of a notebook's page, as nbdev shows them (see the module docstring); images that markdown outputs
     link to are looked for under `bases` and copied into `dest`."""
@@ -405,10 +437,11 @@ def build(out:Path, runs:list=(), execute:bool=False, nbs:Path|None=None, jobs:i
                 ex, unit = executed_nb(r, p.name)
                 if ex is not None:
                     nb, banner, where, bases = read_nb(ex), run_banner(r, unit, p.name), f'{ex}', [r, ex.parent]
+                    nb = relative_paths(nb, path_mapping(r, root))       # no path of the build machine on the page
                     break
             else:
                 if execute and (ex := execute_nb(p, libdir, exec_cache)) is not None:
-                    nb, banner, where = read_nb(ex), smoke_banner(), f'executed at smoke ({ex})'
+                    nb, banner, where = relative_paths(read_nb(ex), path_mapping(None, root)), smoke_banner(), f'executed at smoke ({ex})'
                 else:
                     banner = unexecuted_banner(p.name)
             title, desc = title_of(nb0, p.stem)
