@@ -220,8 +220,9 @@ def test_own_culture_runs_alone(tmp_path):
     assert [(x['task'], x['status'], x['rows']) for x in t] == [('offensive_detect_gr', 'ok', 12)], t
 
 
-def test_one_culture_fails_others_go_on(tmp_path):
-    "A culture whose WVS file is bad fails with its notebook and error named; the others finish; exit is non-zero."
+def test_a_bad_survey_file_is_refused_before_the_run(tmp_path):
+    """A culture whose WVS file holds a code off the answer scale is refused before anything runs or is written: one
+    line naming the file, row and column (it used to fail inside the seeds task while the other cultures ran)."""
     items = [q.item for q in load_questions()]
     bad = tmp_path / 'atlantis.csv'
     bad.write_text('B_COUNTRY_ALPHA,' + ','.join(items) + '\n' + 'GRC,' + ','.join(['7'] + ['1'] * (len(items) - 1)) + '\n')
@@ -229,13 +230,9 @@ def test_one_culture_fails_others_go_on(tmp_path):
     out = tmp_path / 'run'
     r = cli('run', '--profile', 'smoke', '--out', str(out), '--stages', 'seeds', '--cultures', 'atlantis,korean',
             '--set', f"cultures_file={tmp_path / 'cultures.yaml'}", '--jobs', '2')
-    assert r.returncode == 1, r.stdout + r.stderr
-    m = json.loads((out / 'manifest.json').read_text())
-    fail = m['stages']['seeds/atlantis']
-    assert fail['status'] == 'failed' and 'atlantis.csv, row 2, column Q27: code 7 is outside the answer scale' in fail['error']
-    assert 'WVSDataError' in fail['error'] and str(out / 'atlantis' / '00_seeds.ipynb') in r.stdout
-    assert nbformat.read(out / 'atlantis' / '00_seeds.ipynb', 4).metadata.papermill.exception
-    assert m['stages']['seeds/korean']['status'] == 'ok'
+    assert r.returncode == 2 and not out.exists(), r.stdout + r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (f"culturellm: error: {bad}, row 2, column Q27: code 7 is outside the answer scale 1..4 "
+                                                 "(missing values are -1..-5)")
 
 
 def test_bad_config_is_one_line(tmp_path):
@@ -326,6 +323,9 @@ def test_stage_graph_orders_and_blocks_by_what_a_stage_reads(tmp_path):
     m = json.loads((out / 'manifest.json').read_text())
     st = {k: v['status'] for k, v in m['stages'].items()}
     assert st['seeds/chinese'] == 'failed' and st['seeds/korean'] == 'ok' and st['augment/all'] == 'ok' and st['gallery/all'] == 'ok'
+    fail = m['stages']['seeds/chinese']                  # a task that fails at run time: its notebook and error named, on stderr
+    assert 'ValueError: no data for chinese' in fail['error'] and str(out / 'chinese' / '00_seeds.ipynb') in r.stderr
+    assert nbformat.read(out / 'chinese' / '00_seeds.ipynb', 4).metadata.papermill.exception
     assert st['finetune/korean'] == 'ok' and st['finetune/chinese'] == 'blocked' and st['finetune/one'] == 'blocked'
     assert st['evaluate/korean'] == 'blocked'          # it reads finetune/one, which read the failed culture
     assert st['scaling/all'] == 'blocked' and st['analysis/all'] == 'blocked'
@@ -411,6 +411,14 @@ def test_ray_executor_on_a_local_cluster(tmp_path, data_root):
                 '--set', 'resources.seeds.gpus=1')
         assert r.returncode == 2 and not (tmp_path / 'g').exists()
         assert r.stderr.strip().splitlines()[-1].startswith("culturellm: error: config key 'resources.seeds.gpus': a task asks for 1 GPUs, but the Ray cluster")
+        from culturellm.config import ConfigError
+        from culturellm.scale import RayExecutor
+        rx = RayExecutor(addr)                    # a node that does not see the notebooks (here: a folder that does not exist)
+        try:
+            with pytest.raises(ConfigError, match=r"Ray node .* does not see .*nowhere/00_seeds.ipynb; the run folder and the notebooks must be"):
+                rx.check_folder(out, tmp_path / 'nowhere')
+            assert not list(out.glob('.ray-probe-*'))
+        finally: rx.close()
     finally:
         subprocess.run([str(ray_bin), 'stop', '--force'], capture_output=True, env=env, timeout=120)
     r = cli('run', '--executor', 'ray', '--ray-address', addr, '--profile', 'smoke', '--stages', 'seeds', '--out', str(tmp_path / 'x'))
