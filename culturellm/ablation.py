@@ -17,6 +17,7 @@ from .evaluate import encode, macro_f1_codes
 from .alignment import alignment, question_distributions
 from .seeds import is_off_scale
 from .stats import bootstrap_ci
+from .figures import KIND_COLORS, PALETTE, interval_bars, use_theme
 
 # %% auto #0
 __all__ = ['SETTINGS', 'MEASURES', 'RESULT_COLUMNS', 'JUDGE_PROMPT', 'JUDGE_OPTIONS', 'training_seeds', 'variant_samples',
@@ -350,43 +351,50 @@ def plot_ablation(res:pd.DataFrame,   # `ablation_<culture>.csv` rows
                  ):
     """Grouped bars, one panel per measure: each setting's mean over training seeds, with ± 1 sd over seeds where there
     are several and the 95% bootstrap interval where there is one, and every seed's score as a dot."""
+    use_theme()
     import matplotlib.pyplot as plt
     ms = [m for m in ('macro_f1_mean', 'wvs_alignment', 'agreement') if m in set(summ.measure)]
     fig, axes = plt.subplots(1, max(len(ms), 1), figsize=(3.6 * max(len(ms), 1), 3.4), squeeze=False)
     names = {'macro_f1_mean': 'macro-F1 (mean over tasks)', 'wvs_alignment': 'WVS 1 − JSD', 'agreement': 'agreement with the survey'}
+    colour = lambda k: KIND_COLORS[{'base': 'base', 'context': 'context', 'wvs_local': 'local', 'wvs_local_en': 'local_en'}.get(k, 'answer')]
     for ax, m in zip(axes[0], ms):
         s = summ[summ.measure == m].set_index('setting')
         s = s.reindex([x for x in SETTINGS if x in s.index] + [x for x in s.index if x not in SETTINGS])
         x = np.arange(len(s))
         err = np.where(s.n_seeds > 1, s.sd.fillna(0), np.nan)
         lo = np.where(np.isnan(err), s['mean'] - s.lo, err); hi = np.where(np.isnan(err), s.hi - s['mean'], err)
-        ax.bar(x, s['mean'], 0.7, yerr=[np.clip(lo, 0, None), np.clip(hi, 0, None)], capsize=3,
-               color=[{'base': '0.6', 'context': '0.6', 'wvs_local': 'tab:orange', 'wvs_local_en': 'tab:olive'}.get(k, 'tab:blue') for k in s.index])
+        bars = pd.DataFrame({'setting': s.index, 'mean': s['mean'].to_numpy(), 'b_lo': s['mean'].to_numpy() - np.clip(lo, 0, None),
+                             'b_hi': s['mean'].to_numpy() + np.clip(hi, 0, None)})
+        interval_bars(ax, bars, 'setting', 'mean', 'b_lo', 'b_hi', hue='setting', order=list(s.index), hue_order=list(s.index),
+                      palette={k: colour(k) for k in s.index}, dodge=False, width=0.7)
         multi = (s.n_seeds > 1).to_numpy()                 # several seeds: also the mean per-seed 95% interval, thin
         ax.vlines(x[multi] + 0.22, s.lo[multi], s.hi[multi], colors='0.3', lw=1)
         per = res[res.measure == m].groupby(['setting', 'seed'])['score'].mean().reset_index()
         for k, st in enumerate(s.index):
             v = per[per.setting == st].score
-            ax.scatter(np.full(len(v), k), v, s=10, c='k', zorder=3)
+            ax.scatter(np.full(len(v), k), v, s=10, c='k', zorder=4)
         n = res[res.measure == m].groupby('setting').n.max()
         ax.set_xticks(x, [f"{k}\nn={int(n.get(k, 0))}" for k in s.index], fontsize=7, rotation=40, ha='right', rotation_mode='anchor')
-        ax.set_title(names[m], fontsize=9); ax.set_ylim(0, 1)
+        ax.set_title(names[m], fontsize=9); ax.set_ylim(0, 1); ax.set_xlabel(''); ax.set_ylabel('')
     axes[0][0].set_ylabel('score: mean over seeds ± sd (thin line: mean\nper-seed 95% interval); one seed: 95% interval', fontsize=7)
     fig.suptitle(title, fontsize=9); fig.tight_layout()
     return fig
-
 def plot_winrate(wr:pd.DataFrame,   # `winrate_<culture>.csv` rows
                  title:str='',      # the figure's title
                 ):
     "Stacked win / tie / loss bars per compared model and anchor set, with the 95% intervals of the win and loss shares."
-    import matplotlib.pyplot as plt
+    use_theme()
+    import matplotlib.pyplot as plt, seaborn as sns
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.5 * len(wr)))
-    y = np.arange(len(wr))
-    ax.barh(y, wr.win, color='tab:green', label='win'); ax.barh(y, wr.tie, left=wr.win, color='0.75', label='tie')
-    ax.barh(y, wr.loss, left=wr.win + wr.tie, color='tab:red', label='loss')
+    y = np.arange(len(wr)); win, tie, loss = (wr[k].to_numpy(float) for k in ('win', 'tie', 'loss'))
+    bars = {}
+    for lab, right, c in (('loss', win + tie + loss, PALETTE[3]), ('tie', win + tie, '0.75'), ('win', win, PALETTE[2])):
+        n0 = len(ax.containers)   # stacked: each share's bar ends where it ends, drawn over the next one's
+        sns.barplot(x=right, y=y, orient='h', color=c, saturation=1, errorbar=None, width=0.8, ax=ax); bars[lab] = ax.containers[n0]
     ax.errorbar(wr.win, y, xerr=[wr.win - wr.win_lo, wr.win_hi - wr.win], fmt='none', ecolor='k', capsize=3)
     ax.errorbar(1 - wr.loss, y, xerr=[wr.loss_hi - wr.loss, wr.loss - wr.loss_lo], fmt='none', ecolor='k', capsize=3)
-    ax.set_yticks(y, [f"{m} (n={n})" for m, n in zip(wr.model, wr.n)], fontsize=8); ax.invert_yaxis()
-    ax.set_xlim(0, 1); ax.set_xlabel('share of questions (judge: both orders; 95% bootstrap intervals)')
-    ax.set_title(title, fontsize=9); ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1)); fig.tight_layout()
+    ax.set_yticks(y, [f"{m} (n={n})" for m, n in zip(wr.model, wr.n)], fontsize=8); ax.set_ylim(len(wr) - 0.5, -0.5)
+    ax.set_xlim(0, 1); ax.set_xlabel('share of questions (judge: both orders; 95% bootstrap intervals)'); ax.set_ylabel('')
+    ax.set_title(title, fontsize=9); ax.legend([bars[k] for k in ('win', 'tie', 'loss')], ['win', 'tie', 'loss'], fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
     return fig

@@ -14,6 +14,7 @@ from .config import ConfigError
 from .evaluate import SCORE_COLUMNS
 from .seeds import classical_mds, country_name, culture_distribution, js_distance
 from .stats import bootstrap_ci, paired_bootstrap
+from .figures import KIND_COLORS, PALETTE, interval_bars, use_theme
 
 # %% auto #0
 __all__ = ['TARGET_COLORS', 'TARGET_LABELS', 'js_similarity', 'wasserstein_ordinal', 'wvs_rows', 'model_distributions',
@@ -215,7 +216,7 @@ def topic_holdout_samples(questions:list,  # the 50 seed `Question`s
     return culture_samples(variant_questions(keep, aug_train, F.variant, F.augmented, seed), culture, answers, style)[0]
 
 # %% ../nbs/03b_alignment.ipynb #w064
-TARGET_COLORS = {'base': '0.55', 'answer': 'tab:blue', 'distribution': 'tab:green', 'other': 'tab:purple'}
+TARGET_COLORS = {k: KIND_COLORS[k] for k in ('base', 'answer', 'distribution', 'other')}   # the study's colours of model kinds (`figures`)
 TARGET_LABELS = {'base': 'base model', 'answer': 'tuned on one answer per question', 'distribution': "tuned on the survey's distribution",
                  'other': 'other model'}
 
@@ -229,29 +230,28 @@ def plot_alignment(w:pd.DataFrame,   # `wvs_scores` rows
                    title:str='',     # the figure's title
                   ):
     "WVS 1 − JSD per split: bars per model with intervals, coloured by what the model was trained on (`training_target`), the uniform and all-countries baselines as lines, other cultures as dots."
+    use_theme()
     import matplotlib.pyplot as plt
     s = w[w.metric == 'wvs_1-jsd']
     splits = list(dict.fromkeys(s.task))
     fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.4), squeeze=False)
+    kinds = list(dict.fromkeys(training_target(m) for m in s.model if m not in ('uniform', 'all-countries average') and not m.startswith('survey: ')))
     for ax, sp in zip(axes[0], splits):
         g = s[s.task == sp]
         mod = g[~g.model.isin(['uniform', 'all-countries average']) & ~g.model.str.startswith('survey: ')]
-        ax.bar(range(len(mod)), mod.value, yerr=[mod.value - mod.ci_low, mod.ci_high - mod.value], capsize=3,
-               color=[TARGET_COLORS[training_target(m)] for m in mod.model])
+        interval_bars(ax, mod.assign(kind=[training_target(m) for m in mod.model]), 'model', 'value', 'ci_low', 'ci_high', hue='kind',
+                      hue_order=kinds, palette=TARGET_COLORS, dodge=False)
         for who, c in (('uniform', '0.5'), ('all-countries average', 'k')):
             ax.axhline(g[g.model == who].value.iloc[0], color=c, ls='--', lw=1, label=who)
         oth = g[g.model.str.startswith('survey: ')]
-        ax.scatter(np.full(len(oth), len(mod) - 0.5), oth.value, marker='_', s=200, c='tab:orange', label='other cultures\' surveys')
-        ax.set_xticks(range(len(mod)), mod.model, rotation=30, ha='right', fontsize=8)
+        ax.scatter(np.full(len(oth), len(mod) - 0.5), oth.value, marker='_', s=200, c=PALETTE[1], label='other cultures\' surveys')
+        ax.set_xticks(range(len(mod)), mod.model, rotation=30, ha='right', fontsize=8); ax.set_xlabel(''); ax.set_ylabel('')
         ax.set_title(f"{sp[5:]} (n={int(g.n.max())} questions)", fontsize=9); ax.set_ylim(0, 1)
-    from matplotlib.patches import Patch
-    kinds = list(dict.fromkeys(training_target(m) for m in s.model if m not in ('uniform', 'all-countries average') and not m.startswith('survey: ')))
-    h, l = axes[0][-1].get_legend_handles_labels()
+    h, l = axes[0][-1].get_legend_handles_labels()   # the lines, the dots, then the bars of each kind
     axes[0][0].set_ylabel('1 − JS distance to the survey')
-    axes[0][-1].legend(h + [Patch(color=TARGET_COLORS[k]) for k in kinds], l + [TARGET_LABELS[k] for k in kinds], fontsize=7)
+    axes[0][-1].legend(h, [TARGET_LABELS.get(x, x) for x in l], fontsize=7)
     fig.suptitle(title, fontsize=10); fig.tight_layout()
     return fig
-
 def plot_answer_bars(qd:dict,          # `question_distributions`: {(model, split): {question id: distribution}}
                      target:dict,      # {question id: the survey's distribution}
                      questions:list,   # the `Question`s (their texts and scales)
@@ -261,7 +261,8 @@ def plot_answer_bars(qd:dict,          # `question_distributions`: {(model, spli
                      title:str='',
                     ):
     "Per question, stacked bars of the answer shares: the survey's beside each model's (answer codes in scale order, darker = higher)."
-    import matplotlib.pyplot as plt
+    use_theme()
+    import matplotlib.pyplot as plt, seaborn as sns
     models = models or [m for (m, s) in qd if s == split]
     qs = [q for q in questions if q.id in target and all(q.id in qd.get((m, split), {}) for m in models)]
     if not qs or not models: return None
@@ -270,14 +271,15 @@ def plot_answer_bars(qd:dict,          # `question_distributions`: {(model, spli
     fig, axes = plt.subplots(len(qs), 1, figsize=(7.5, 0.45 * (len(models) + 1) * len(qs) + 0.9), squeeze=False)
     for ax, q in zip(axes[:, 0], qs):
         rows = [('survey', _unit(target[q.id]))] + [(m, _unit(qd[(m, split)][q.id])) for m in models]
+        who, P = [w for w, _ in rows], np.array([p for _, p in rows], float)
         colors = plt.cm.viridis(np.linspace(0.15, 0.9, len(q.scale.values)))
-        for y, (who, p) in enumerate(rows):
-            left = 0.0
-            for k, v in enumerate(p):
-                ax.barh(y, v, left=left, color=colors[k], edgecolor='white', lw=0.5)
-                if v > 0.08: ax.text(left + v / 2, y, str(q.scale.values[k]), ha='center', va='center', fontsize=6, color='white')
-                left += v
-        ax.set_yticks(range(len(rows)), [w for w, _ in rows], fontsize=7); ax.invert_yaxis(); ax.set_xlim(0, 1)
+        cum = P.cumsum(axis=1)
+        for k in reversed(range(P.shape[1])):   # stacked: each code's bar ends where its share ends, drawn over the later codes'
+            sns.barplot(x=cum[:, k], y=who, order=who, orient='h', color=colors[k], saturation=1, edgecolor='white', lw=0.5, width=0.8, errorbar=None, ax=ax)
+        for y in range(len(rows)):
+            for k, v in enumerate(P[y]):
+                if v > 0.08: ax.text(cum[y, k] - v / 2, y, str(q.scale.values[k]), ha='center', va='center', fontsize=6, color='white')
+        ax.tick_params(axis='y', labelsize=7); ax.set_xlim(0, 1); ax.set_xlabel('')
         ax.set_title(f"Q{q.id} ({q.topic.lower()}): {q.short[:100]}", fontsize=7, loc='left'); ax.tick_params(axis='x', labelsize=6)
     axes[-1, 0].set_xlabel('share of answers (codes in scale order)', fontsize=7)
     fig.suptitle(title, fontsize=9); fig.tight_layout()
@@ -288,27 +290,25 @@ def plot_whose_values(sim:pd.DataFrame,   # `country_similarity` rows with a `mo
                       title:str='',       # the figure's title
                      ):
     "Countries ranked by similarity to the first model's answers, one bar per model (`sim`: model, country, name, similarity)."
+    use_theme()
     import matplotlib.pyplot as plt
     models = list(dict.fromkeys(sim.model))
     order = sim[sim.model == models[0]].sort_values('similarity', ascending=False).country.tolist()
-    h = 0.8 / len(models)
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    for k, m in enumerate(models):
-        g = sim[sim.model == m].set_index('country').reindex(order)
-        ax.bar(np.arange(len(order)) + k * h, g.similarity, h, label=m)
-    ax.set_xticks(np.arange(len(order)) + 0.4 - h / 2, [country_name(c) for c in order], rotation=35, ha='right', fontsize=8)
+    interval_bars(ax, sim, 'country', 'similarity', hue='model', order=order, hue_order=models)
+    ax.set_xticks(range(len(order)), [country_name(c) for c in order], rotation=35, ha='right', fontsize=8); ax.set_xlabel('')
     lo = sim.similarity.min(); ax.set_ylim(max(0, lo - 0.05), min(1, sim.similarity.max() + 0.03))
     ax.set_ylabel('mean 1 − JSD'); ax.set_title(title, fontsize=9); ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
-
 def value_map(counts:dict,          # {alpha-3: CountryCounts}
               models:dict,          # {model: {question id: distribution}}
               questions:list,       # the questions
               highlight=(),         # country codes drawn in red (the culture's)
               weighted:bool=True,   # use the survey weights
              ):
-    "Countries and models placed by classical MDS on their mean JS distance over the questions each pair shares."
+    "Countries and models placed by classical MDS on their mean JS distance over the questions each pair shares (a map: matplotlib, under the study's theme)."
+    use_theme()
     import matplotlib.pyplot as plt
     pts = {c: survey_targets(counts, [c], questions, weighted) for c in sorted(counts)} | {f'★ {m}': d for m, d in models.items()}
     names = list(pts); n = len(names); D = np.zeros((n, n))

@@ -13,15 +13,16 @@ import pandas as pd
 
 from .config import FIGURE_FORMATS, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .stats import bootstrap_ci
+from .figures import interval_bars, use_theme
 
 # %% auto #0
-__all__ = ['SCHEMAS', 'NUMERIC', 'PER_CULTURE', 'SINGLE', 'SUB_STEMS', 'WVS_BASELINES', 'NO_UNIT', 'STYLE', 'AUGMENT_MEASURES',
-           'PARTS', 'AnalysisDataError', 'check_table', 'read_table', 'load_run', 'model_role', 'task_family',
-           'unit_note', 'performance_table', 'family_table', 'vs_base_table', 'wvs_table', 'targets_table',
-           'values_table', 'ablation_table', 'scaling_table', 'winrate_table', 'study_style', 'save_figure',
-           'plot_performance', 'plot_radar', 'plot_vs_base', 'plot_values_map', 'plot_agreement', 'judge_unit',
-           'judge_ci', 'plot_augment', 'plot_measures', 'plot_scaling', 'plot_translation', 'draw_figures', 'fmt', 'ci',
-           'md_table', 'task_matrix', 'reading', 'report_markdown', 'build_report']
+__all__ = ['SCHEMAS', 'NUMERIC', 'PER_CULTURE', 'SINGLE', 'SUB_STEMS', 'WVS_BASELINES', 'NO_UNIT', 'AUGMENT_MEASURES', 'PARTS',
+           'AnalysisDataError', 'check_table', 'read_table', 'load_run', 'model_role', 'task_family', 'unit_note',
+           'performance_table', 'family_table', 'vs_base_table', 'wvs_table', 'targets_table', 'values_table',
+           'ablation_table', 'scaling_table', 'winrate_table', 'save_figure', 'plot_performance', 'plot_radar',
+           'plot_vs_base', 'plot_values_map', 'plot_agreement', 'judge_unit', 'judge_ci', 'plot_augment',
+           'plot_measures', 'plot_scaling', 'plot_translation', 'draw_figures', 'fmt', 'ci', 'md_table', 'task_matrix',
+           'reading', 'report_markdown', 'build_report']
 
 # %% ../nbs/07_analysis.ipynb #a008
 class AnalysisDataError(ValueError):
@@ -266,15 +267,6 @@ def winrate_table(w:pd.DataFrame) -> pd.DataFrame:   # `winrate` rows
     return w
 
 # %% ../nbs/07_analysis.ipynb #a017
-STYLE = {'axes.spines.top': False, 'axes.spines.right': False, 'axes.grid': True, 'grid.alpha': 0.3, 'grid.linewidth': 0.6,
-         'font.size': 8, 'axes.titlesize': 9, 'axes.labelsize': 8, 'legend.fontsize': 7, 'legend.frameon': False,
-         'xtick.labelsize': 7, 'ytick.labelsize': 7, 'savefig.bbox': 'tight', 'figure.max_open_warning': 0}
-
-def study_style():
-    "A context in which every figure of the analysis is drawn (`with study_style(): ...`)."
-    import matplotlib.pyplot as plt
-    return plt.rc_context(STYLE)
-
 def save_figure(fig,                        # a matplotlib figure
                 run:str|Path,               # the run folder
                 name:str,                   # saved as figures/analysis_<name>.<format>
@@ -303,13 +295,11 @@ def _errs(v, lo, hi) -> np.ndarray:
     return np.vstack([np.nan_to_num(v - lo), np.nan_to_num(hi - v)]).clip(0)
 
 def _grouped_bars(ax, groups:list, series:list, val, lo, hi, width:float=0.8):
-    "Bars of `val(group, series)` with intervals, series side by side within each group."
-    h = width / max(len(series), 1)
-    for k, s in enumerate(series):
-        x = np.arange(len(groups)) + (k - (len(series) - 1) / 2) * h
-        v = np.array([val(g, s) for g in groups], float); l = np.array([lo(g, s) for g in groups], float)
-        ax.bar(x, np.nan_to_num(v), h, yerr=_errs(v, l, [hi(g, s) for g in groups]) if np.isfinite(l).any() else None, capsize=2, label=s)
-    ax.set_xticks(np.arange(len(groups))); ax.set_xticklabels(groups)
+    "Seaborn bars of `val(group, series)` with the intervals [lo, hi] (`figures.interval_bars`), series side by side within each group."
+    d = pd.DataFrame([dict(group=g, series=s, value=val(g, s), lo=lo(g, s), hi=hi(g, s)) for g in groups for s in series], columns=['group', 'series', 'value', 'lo', 'hi'])
+    d[['value', 'lo', 'hi']] = d[['value', 'lo', 'hi']].apply(pd.to_numeric, errors='coerce')
+    interval_bars(ax, d, 'group', 'value', 'lo', 'hi', hue='series', order=groups, hue_order=series, width=width, capsize=2)
+    ax.set_xticks(np.arange(len(groups))); ax.set_xticklabels(groups); ax.set_xlabel(''); ax.set_ylabel('')
 
 # %% ../nbs/07_analysis.ipynb #a018
 def _lookup(d:pd.DataFrame, keys:list, col:str):
@@ -322,6 +312,7 @@ def plot_performance(perf:pd.DataFrame,   # `performance_table`
                      title:str='',        # the figure's title
                     ):
     "Mean macro-F1 over tasks per culture (groups) and model role (bars) with the interval over tasks; mean baselines marked."
+    use_theme()
     import matplotlib.pyplot as plt
     p = perf.assign(role=[model_role(m, c) for m, c in zip(perf.model, perf.culture)])
     cultures, roles = list(dict.fromkeys(p.culture)), list(dict.fromkeys(p.role))
@@ -338,7 +329,8 @@ def plot_performance(perf:pd.DataFrame,   # `performance_table`
 def plot_radar(fam:pd.DataFrame,   # `family_table`
                title:str='',       # the figure's title
               ):
-    "One radar per culture: mean macro-F1 per task family, one line per model (None where a culture has fewer than 3 families)."
+    "One radar per culture: mean macro-F1 per task family, one line per model (None where a culture has fewer than 3 families; a radar: matplotlib, under the study's theme)."
+    use_theme()
     import matplotlib.pyplot as plt
     cs = [c for c, g in fam.groupby('culture', sort=False) if g.family.nunique() >= 3]
     if not cs: return None
@@ -356,41 +348,41 @@ def plot_radar(fam:pd.DataFrame,   # `family_table`
 def plot_vs_base(scores:pd.DataFrame,   # `scores` rows
                  title:str='',          # the figure's title
                 ):
-    "Per culture, each model's paired macro-F1 difference from the base model on every task, with its 95% interval (zero marked)."
+    "Per culture, each model's paired macro-F1 difference from the base model on every task, with its 95% interval (seaborn points, the rows' own intervals; zero marked)."
+    use_theme()
     import matplotlib.pyplot as plt
     s = _ok(scores[scores.metric == 'macro_f1_vs_base'])
     cs = list(dict.fromkeys(s.culture))
     fig, axes = plt.subplots(1, len(cs), figsize=(4.2 * len(cs), 1.2 + 0.25 * s.groupby('culture').task.nunique().max()), squeeze=False)
     for ax, c in zip(axes[0], cs):
-        g = s[s.culture == c]; tasks = list(dict.fromkeys(g.task)); ms = list(dict.fromkeys(g.model))
-        for k, m in enumerate(ms):
-            h = g[g.model == m].set_index('task').reindex(tasks); y = np.arange(len(tasks)) + (k - (len(ms) - 1) / 2) * 0.8 / len(ms)
-            ax.errorbar(h.value, y, xerr=_errs(h.value, h.ci_low, h.ci_high), fmt='o', ms=3, capsize=2, lw=1, label=model_role(m, c))
-        ax.axvline(0, color='k', lw=0.8); ax.set_yticks(range(len(tasks))); ax.set_yticklabels(tasks, fontsize=6); ax.invert_yaxis()
+        g = s[s.culture == c]; g = g.assign(role=[model_role(m, c) for m in g.model]); tasks = list(dict.fromkeys(g.task)); roles = list(dict.fromkeys(g.role))
+        interval_bars(ax, g, 'value', 'task', 'ci_low', 'ci_high', hue='role', order=tasks, hue_order=roles, orient='h', points=True, capsize=2,
+                      dodge=0.8 * (len(roles) - 1) / max(len(roles), 1) or False)
+        ax.axvline(0, color='k', lw=0.8); ax.set_yticks(range(len(tasks))); ax.set_yticklabels(tasks, fontsize=6); ax.set_ylabel('')
         ax.set_xlabel('macro-F1 − base (paired 95% interval)'); ax.set_title(c)
     axes[0][-1].legend(loc='upper left', bbox_to_anchor=(1.01, 1)); fig.suptitle(title, fontsize=9); fig.tight_layout()
     return fig
-
 def plot_values_map(values:pd.DataFrame,   # `values` rows (culture, country, name, similarity, model)
                     title:str='',          # the figure's title
                    ):
-    "The country-similarity map: one row per (culture, model), one column per country, mean 1 − JSD of the model's answers to the country's."
-    import matplotlib.pyplot as plt
+    "The country-similarity map (a seaborn heatmap): one row per (culture, model), one column per country, mean 1 − JSD of the model's answers to the country's."
+    use_theme()
+    import matplotlib.pyplot as plt, seaborn as sns
     v = values.assign(row=[f'{c}: {model_role(m, c)}' for c, m in zip(values.culture, values.model)],
                       col=values['name'] if 'name' in values else values.country)
     M = v.pivot_table(index='row', columns='col', values='similarity', sort=False)
     M = M[M.mean().sort_values(ascending=False).index]
     fig, ax = plt.subplots(figsize=(1.5 + 0.42 * M.shape[1], 1.2 + 0.32 * M.shape[0]))
-    im = ax.imshow(M.to_numpy(float), cmap='viridis', aspect='auto')
-    ax.set_xticks(range(M.shape[1])); ax.set_xticklabels(M.columns, rotation=40, ha='right'); ax.set_yticks(range(M.shape[0])); ax.set_yticklabels(M.index)
-    for i in range(M.shape[0]): ax.scatter(int(np.nanargmax(M.iloc[i].to_numpy(float))), i, marker='*', s=40, c='w')
-    ax.grid(False); fig.colorbar(im, ax=ax, fraction=0.03, label='mean 1 − JSD to the country'); ax.set_title(title); fig.tight_layout()
+    sns.heatmap(M.astype(float), ax=ax, cmap='viridis', cbar_kws=dict(fraction=0.03, label='mean 1 − JSD to the country'))
+    ax.set_xticks(np.arange(M.shape[1]) + 0.5, M.columns, rotation=40, ha='right'); ax.set_yticks(np.arange(M.shape[0]) + 0.5, M.index, rotation=0)
+    for i in range(M.shape[0]): ax.scatter(int(np.nanargmax(M.iloc[i].to_numpy(float))) + 0.5, i + 0.5, marker='*', s=40, c='w')
+    ax.grid(False); ax.set_xlabel(''); ax.set_ylabel(''); ax.set_title(title); fig.tight_layout()
     return fig
-
 def plot_agreement(ag:pd.DataFrame,   # agreement rows (culture, split, model, n, agreement, ci_low, ci_high)
                    title:str='',      # the figure's title
                   ):
     "Agreement with the survey's answer before and after tuning, per culture (groups) and split (panels), with intervals."
+    use_theme()
     import matplotlib.pyplot as plt
     sp = list(dict.fromkeys(ag.split))
     fig, axes = plt.subplots(1, len(sp), figsize=(1.5 + 3.2 * len(sp), 3), squeeze=False, sharey=True)
@@ -420,6 +412,7 @@ def plot_augment(q:pd.DataFrame|None,       # `augment_quality` rows (one per se
                  title:str='',              # the figure's title
                 ):
     "Augmentation quality per set: similarity, rejected share, near duplicates, distinct bigrams; the judge's mean rating per set with its interval."
+    use_theme()
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3), gridspec_kw=dict(width_ratios=[3, 2]))
     if q is not None:
@@ -429,9 +422,8 @@ def plot_augment(q:pd.DataFrame|None,       # `augment_quality` rows (one per se
     if judge is not None:
         col = 'expected' if 'expected' in judge else 'rating'; sets = list(dict.fromkeys(judge.set))
         st = [judge_ci(judge[judge.set == s], col, 500) for s in sets]
-        v = np.array([x[0] for x in st])
-        axes[1].barh(range(len(sets)), v, xerr=_errs(v, [x[1] for x in st], [x[2] for x in st]), capsize=2, color='C2')
-        axes[1].set_yticks(range(len(sets))); axes[1].set_yticklabels([f"{s} (n={int((judge.set == s).sum())})" for s in sets]); axes[1].invert_yaxis()
+        J = pd.DataFrame(dict(label=[f"{s} (n={int((judge.set == s).sum())})" for s in sets], v=[x[0] for x in st], lo=[x[1] for x in st], hi=[x[2] for x in st]))
+        interval_bars(axes[1], J, 'v', 'label', 'lo', 'hi', orient='h', color='C2', capsize=2); axes[1].set_ylabel('')
         axes[1].set_xlabel(f"judge's {'expected ' if col == 'expected' else ''}rating (95% interval over {judge_unit(judge)}s)"); axes[1].set_title('paraphrase judge')
     else: axes[1].set_axis_off()
     fig.suptitle(title, fontsize=9); fig.tight_layout()
@@ -443,6 +435,7 @@ def plot_measures(t:pd.DataFrame,     # rows with `group`, `series`, `panel` and
                   title:str='',       # the figure's title
                  ):
     "One panel per `panel` value, bars of `series` within `group`, with intervals: ablations, English vs local, forgetting."
+    use_theme()
     import matplotlib.pyplot as plt
     pans = list(dict.fromkeys(t.panel))
     fig, axes = plt.subplots(1, len(pans), figsize=(0.8 + 3.6 * len(pans), 3.1), squeeze=False)
@@ -459,6 +452,7 @@ def plot_scaling(sc:pd.DataFrame,   # `scaling` rows (culture, size, seed, measu
                  title:str='',      # the figure's title
                 ):
     "One panel per measure against the training-set size, drawn by the scaling stage's `plot_measure` (a line per culture, mean over seeds)."
+    use_theme()
     import matplotlib.pyplot as plt
     from culturellm.scaling import plot_measure
     sc = sc.assign(culture=_col(sc, 'culture').fillna('all'), lo=_col(sc, 'lo'), hi=_col(sc, 'hi'), n=_col(sc, 'n').fillna(0))
@@ -471,11 +465,12 @@ def plot_scaling(sc:pd.DataFrame,   # `scaling` rows (culture, size, seed, measu
 def plot_translation(tr:pd.DataFrame,   # `translation` rows (language, n, qe_mean, qe_lo, qe_hi, ...)
                      title:str='',      # the figure's title
                     ):
-    "The translated Alpaca's quality estimate per language, with its interval and n."
+    "The translated Alpaca's quality estimate per language (seaborn bars), with its interval and n."
+    use_theme()
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(tr), 3))
-    ax.bar(range(len(tr)), tr.qe_mean, yerr=_errs(tr.qe_mean, _col(tr, 'qe_lo'), _col(tr, 'qe_hi')), capsize=3, color='C4')
-    ax.set_xticks(range(len(tr))); ax.set_xticklabels([f"{l}\n(n={int(n)})" for l, n in zip(tr.language, tr.n)])
+    d = tr.assign(label=[f"{l}\n(n={int(n)})" for l, n in zip(tr.language, tr.n)], lo=_col(tr, 'qe_lo'), hi=_col(tr, 'qe_hi'))
+    interval_bars(ax, d, 'label', 'qe_mean', 'lo', 'hi', color='C4'); ax.set_xlabel('')
     ax.set_ylabel('quality estimate (' + ', '.join(map(str, dict.fromkeys(_col(tr, 'qe_method').fillna('?')))) + ')'); ax.set_title(title); fig.tight_layout()
     return fig
 
@@ -525,78 +520,78 @@ def draw_figures(R:dict,                # `load_run`
         if fig is None: return
         save_figure(fig, run, name, _note(R, n, model=R['config'].get('gallery', {}).get('model') if part in ('geomlama', 'camel', 'translation') else None), formats, dpi)
         figs.setdefault(part, []).append(f'analysis_{name}')
-    with study_style():
-        S = T.get('scores')
-        f1 = _ok(S[S.metric == 'macro_f1']) if S is not None else None
-        if f1 is not None and len(f1):
-            n = f"n: {_range(f1.n)} items per task, {f1.task.nunique()} tasks"
-            save('performance', 'performance', plot_performance(performance_table(S, n_boot), 'Downstream tasks: mean macro-F1 per culture'), n)
-            save('performance', 'radar', plot_radar(family_table(S), 'Mean macro-F1 per task family'), n)
-            for c in dict.fromkeys(f1.culture):
-                sc = S[S.culture == c]
-                sc = sc.assign(**{k: _col(sc, k) for k in ('majority_baseline', 'random_baseline', 'ceiling')}, status=_col(sc, 'status').fillna('ok'))
-                save('performance', f'tasks_{c}', plot_task_scores(_ok(sc[sc.metric == 'macro_f1']), f'{c}: macro-F1 per task'),
-                     f"n: {int(f1[f1.culture == c].n.max())} items per task")
-        if S is not None and (S.metric == 'macro_f1_vs_base').any():
-            save('vs_base', 'vs_base', plot_vs_base(S, 'Paired differences from the base model per task'), 'paired bootstrap within each task; ' + unit_note(_with_ci(S[S.metric == 'macro_f1_vs_base'])).lower())
-        if S is not None and (S.metric == 'wvs_1-jsd').any():
-            for c in dict.fromkeys(S[S.metric == 'wvs_1-jsd'].culture):
-                w = _ok(S[(S.culture == c) & S.metric.str.startswith('wvs')])
-                save('wvs', f'wvs_{c}', plot_alignment(w, f'{c}: WVS alignment (1 − JS distance to the survey)'), f"n: {int(w.n.max())} questions")
-        if 'values' in T:
-            v = T['values']
-            save('values', 'values_map', plot_values_map(v, 'Whose values? Similarity of each model\'s answers to each country\'s survey'),
-                 f"n: {int(_col(v, 'n').max()) if _col(v, 'n').notna().any() else '?'} questions")
-        if 'agreement' in T:
-            save('agreement', 'agreement', plot_agreement(T['agreement'], 'Agreement with the survey answer, before and after fine-tuning'))
-        if 'augment_quality' in T or 'augment_judge' in T:
-            q = T.get('augment_quality'); m = None if q is None else next(iter(dict.fromkeys(_col(q, 'judge').dropna())), None)
-            save('augment', 'augment', plot_augment(q, T.get('augment_judge'), 'Augmentation quality'),
-                 f"judge: {m}" if m else '')
-        if 'ablation' in T or 'ablation_summary' in T:
-            from culturellm.ablation import plot_ablation
-            A = ablation_table(T.get('ablation'), T.get('ablation_summary')); ab = T.get('ablation')
-            for c, g in A.groupby('culture', sort=False):
-                res = ab[ab.culture == c] if ab is not None else None
-                n = f"seeds: {_range(g.n_seeds)}"
-                if res is not None and len(res):   # the ablation stage's own figure
-                    save('ablation', f'ablation_{c}', plot_ablation(res, g, f'{c}: ablation (mean over training seeds)'), n + f"; n: {_range(res.n)} items")
-                else:
-                    g = g[g.measure != 'macro_f1']
-                    save('ablation', f'ablation_{c}', plot_measures(g.assign(panel=g.measure, group=g.setting, series=c), 'mean', 'lo', 'hi', 'score',
-                         f'{c}: ablation (mean over training seeds)'), n)
-            L = _local_pairs(A)
-            if len(L):
-                L = L[L.measure != 'macro_f1']
-                save('local', 'local', plot_measures(L.assign(panel=L.measure, group=L.culture + ': ' + L.pair, series=L.variant), 'mean', 'lo', 'hi',
-                     'score', 'English vs local-language training data'), f"seeds: {_range(L.n_seeds)}")
-        if 'winrate' in T:
-            from culturellm.ablation import plot_winrate
-            w = winrate_table(T['winrate'])
-            w = w.assign(**{k: _col(w, k) for k in ('win_lo', 'win_hi', 'loss_lo', 'loss_hi')})
-            for c, g in w.groupby('culture', sort=False):
-                save('winrate', f'winrate_{c}', plot_winrate(g, f"{c}: open-ended answers vs the base model (judge: {', '.join(map(str, dict.fromkeys(_col(g, 'judge').fillna('?'))))})"),
-                     f"n: {_range(g.n)} questions")
-        if 'forgetting' in T:
-            F = T['forgetting']
-            save('forgetting', 'forgetting', plot_measures(F.assign(panel=F.culture, group=F.benchmark, series=[model_role(m, c) for m, c in zip(F.model, F.culture)]),
-                 'accuracy', 'lo', 'hi', 'accuracy', 'General benchmarks after tuning (forgetting)'), f"n: {int(F.n.min())}–{int(F.n.max())} items")
-        if 'scaling' in T:
-            t = scaling_table(T['scaling'])
-            save('scaling', 'scaling', plot_scaling(T['scaling'], 'Data-size study (mean over training seeds)'), f"seeds: {int(t.seeds.max())}")
-        if 'geomlama' in T:   # the gallery stage's figures (one panel row, line or bar per model where the tables have a `model` column)
-            g = T['geomlama']
-            save('geomlama', 'geomlama', plot_geomlama(g), f"n: ≤{int(np.nanmax(_col(g, 'questions').fillna(0)))} questions per country")
-        C = T.get('camel')
-        if C is not None:
-            n = f"n: {_range(C.n)} items per cell"
-            if (C.setting == 1).any(): save('camel', 'camel_radar', plot_camel_radar(C), n)
-            if C.setting.isin([3, 4, 5]).any(): save('camel', 'camel_bars', plot_camel_bars(C), n)
-        if 'camel_priors' in T:
-            g = T['camel_priors']
-            save('camel', 'camel_priors', plot_camel_priors(g), f"n: ≤{int(np.nanmax(_col(g, 'n').fillna(0)))} items per scenario")
-        if 'translation' in T:
-            save('translation', 'translation', plot_translation(T['translation'], 'Translated Alpaca: quality estimate per language'))
+    use_theme()
+    S = T.get('scores')
+    f1 = _ok(S[S.metric == 'macro_f1']) if S is not None else None
+    if f1 is not None and len(f1):
+        n = f"n: {_range(f1.n)} items per task, {f1.task.nunique()} tasks"
+        save('performance', 'performance', plot_performance(performance_table(S, n_boot), 'Downstream tasks: mean macro-F1 per culture'), n)
+        save('performance', 'radar', plot_radar(family_table(S), 'Mean macro-F1 per task family'), n)
+        for c in dict.fromkeys(f1.culture):
+            sc = S[S.culture == c]
+            sc = sc.assign(**{k: _col(sc, k) for k in ('majority_baseline', 'random_baseline', 'ceiling')}, status=_col(sc, 'status').fillna('ok'))
+            save('performance', f'tasks_{c}', plot_task_scores(_ok(sc[sc.metric == 'macro_f1']), f'{c}: macro-F1 per task'),
+                 f"n: {int(f1[f1.culture == c].n.max())} items per task")
+    if S is not None and (S.metric == 'macro_f1_vs_base').any():
+        save('vs_base', 'vs_base', plot_vs_base(S, 'Paired differences from the base model per task'), 'paired bootstrap within each task; ' + unit_note(_with_ci(S[S.metric == 'macro_f1_vs_base'])).lower())
+    if S is not None and (S.metric == 'wvs_1-jsd').any():
+        for c in dict.fromkeys(S[S.metric == 'wvs_1-jsd'].culture):
+            w = _ok(S[(S.culture == c) & S.metric.str.startswith('wvs')])
+            save('wvs', f'wvs_{c}', plot_alignment(w, f'{c}: WVS alignment (1 − JS distance to the survey)'), f"n: {int(w.n.max())} questions")
+    if 'values' in T:
+        v = T['values']
+        save('values', 'values_map', plot_values_map(v, 'Whose values? Similarity of each model\'s answers to each country\'s survey'),
+             f"n: {int(_col(v, 'n').max()) if _col(v, 'n').notna().any() else '?'} questions")
+    if 'agreement' in T:
+        save('agreement', 'agreement', plot_agreement(T['agreement'], 'Agreement with the survey answer, before and after fine-tuning'))
+    if 'augment_quality' in T or 'augment_judge' in T:
+        q = T.get('augment_quality'); m = None if q is None else next(iter(dict.fromkeys(_col(q, 'judge').dropna())), None)
+        save('augment', 'augment', plot_augment(q, T.get('augment_judge'), 'Augmentation quality'),
+             f"judge: {m}" if m else '')
+    if 'ablation' in T or 'ablation_summary' in T:
+        from culturellm.ablation import plot_ablation
+        A = ablation_table(T.get('ablation'), T.get('ablation_summary')); ab = T.get('ablation')
+        for c, g in A.groupby('culture', sort=False):
+            res = ab[ab.culture == c] if ab is not None else None
+            n = f"seeds: {_range(g.n_seeds)}"
+            if res is not None and len(res):   # the ablation stage's own figure
+                save('ablation', f'ablation_{c}', plot_ablation(res, g, f'{c}: ablation (mean over training seeds)'), n + f"; n: {_range(res.n)} items")
+            else:
+                g = g[g.measure != 'macro_f1']
+                save('ablation', f'ablation_{c}', plot_measures(g.assign(panel=g.measure, group=g.setting, series=c), 'mean', 'lo', 'hi', 'score',
+                     f'{c}: ablation (mean over training seeds)'), n)
+        L = _local_pairs(A)
+        if len(L):
+            L = L[L.measure != 'macro_f1']
+            save('local', 'local', plot_measures(L.assign(panel=L.measure, group=L.culture + ': ' + L.pair, series=L.variant), 'mean', 'lo', 'hi',
+                 'score', 'English vs local-language training data'), f"seeds: {_range(L.n_seeds)}")
+    if 'winrate' in T:
+        from culturellm.ablation import plot_winrate
+        w = winrate_table(T['winrate'])
+        w = w.assign(**{k: _col(w, k) for k in ('win_lo', 'win_hi', 'loss_lo', 'loss_hi')})
+        for c, g in w.groupby('culture', sort=False):
+            save('winrate', f'winrate_{c}', plot_winrate(g, f"{c}: open-ended answers vs the base model (judge: {', '.join(map(str, dict.fromkeys(_col(g, 'judge').fillna('?'))))})"),
+                 f"n: {_range(g.n)} questions")
+    if 'forgetting' in T:
+        F = T['forgetting']
+        save('forgetting', 'forgetting', plot_measures(F.assign(panel=F.culture, group=F.benchmark, series=[model_role(m, c) for m, c in zip(F.model, F.culture)]),
+             'accuracy', 'lo', 'hi', 'accuracy', 'General benchmarks after tuning (forgetting)'), f"n: {int(F.n.min())}–{int(F.n.max())} items")
+    if 'scaling' in T:
+        t = scaling_table(T['scaling'])
+        save('scaling', 'scaling', plot_scaling(T['scaling'], 'Data-size study (mean over training seeds)'), f"seeds: {int(t.seeds.max())}")
+    if 'geomlama' in T:   # the gallery stage's figures (one panel row, line or bar per model where the tables have a `model` column)
+        g = T['geomlama']
+        save('geomlama', 'geomlama', plot_geomlama(g), f"n: ≤{int(np.nanmax(_col(g, 'questions').fillna(0)))} questions per country")
+    C = T.get('camel')
+    if C is not None:
+        n = f"n: {_range(C.n)} items per cell"
+        if (C.setting == 1).any(): save('camel', 'camel_radar', plot_camel_radar(C), n)
+        if C.setting.isin([3, 4, 5]).any(): save('camel', 'camel_bars', plot_camel_bars(C), n)
+    if 'camel_priors' in T:
+        g = T['camel_priors']
+        save('camel', 'camel_priors', plot_camel_priors(g), f"n: ≤{int(np.nanmax(_col(g, 'n').fillna(0)))} items per scenario")
+    if 'translation' in T:
+        save('translation', 'translation', plot_translation(T['translation'], 'Translated Alpaca: quality estimate per language'))
     has = set(figs) | ({'tuning'} if 'tuning' in T else set())
     return dict(figures=figs, absent=[p for p in PARTS if p not in has], formats=list(formats))
 

@@ -16,6 +16,7 @@ import pandas as pd
 from .config import ConfigError, DATA_HELP, SCORINGS, atomic_write_json, atomic_write_text, sha256_json
 from .seeds import CULTURES
 from .stats import bootstrap_ci, paired_bootstrap
+from .figures import use_theme, interval_bars
 
 # %% auto #0
 __all__ = ['TASKS_FILE', 'TEXT_FIELDS', 'FAMILIES', 'SUBJECTS', 'CONTEXT_CAVEATS', 'SCORE_COLUMNS', 'MODEL_KINDS',
@@ -750,19 +751,17 @@ def plot_task_scores(scores:pd.DataFrame,    # score rows (`score_table`)
                      title:str='',           # the figure's title
                      metric:str='macro_f1',  # the metric plotted
                     ):
-    "Horizontal bars per task and model with 95% intervals; majority, random and ceiling marked per task."
+    "Horizontal bars per task and model with 95% intervals (seaborn, the rows' own intervals); majority, random and ceiling marked per task."
+    use_theme()
     import matplotlib.pyplot as plt
     s = scores[(scores.metric == metric) & (scores.status == 'ok')]
     tasks, models = list(dict.fromkeys(s.task)), list(dict.fromkeys(s.model))
-    h = 0.8 / max(len(models), 1)
     fig, ax = plt.subplots(figsize=(8, 1 + 0.22 * len(tasks) * max(len(models), 2)))
-    for k, m in enumerate(models):
-        g = s[s.model == m].set_index('task').reindex(tasks)
-        ax.barh(np.arange(len(tasks)) + k * h, g.value, h, xerr=[g.value - g.ci_low, g.ci_high - g.value], capsize=2, label=m)
-    b, y = s.drop_duplicates('task').set_index('task').reindex(tasks), np.arange(len(tasks)) + 0.4 - h / 2
+    interval_bars(ax, s, 'value', 'task', 'ci_low', 'ci_high', hue='model', order=tasks, hue_order=models, orient='h', capsize=2)
+    b, y = s.drop_duplicates('task').set_index('task').reindex(tasks), np.arange(len(tasks))   # a task's bars are centred on its row
     for col, mk, c, lab in (('majority_baseline', '|', 'k', 'majority class'), ('random_baseline', '|', '0.55', 'uniform random'), ('ceiling', 'd', 'red', 'ceiling')):
         ax.scatter(b[col], y, marker=mk, s=220 if mk == '|' else 30, c=c, zorder=3, label=lab)
-    ax.set_yticks(y, tasks, fontsize=8); ax.invert_yaxis(); ax.set_xlim(0, 1.05)
+    ax.set_yticks(y, tasks, fontsize=8); ax.set_ylim(len(tasks) - 0.5, -0.5); ax.set_ylabel(''); ax.set_xlim(0, 1.05)   # the first task on top
     ax.set_xlabel(f'{metric} (bars: 95% bootstrap interval)'); ax.set_title(title, fontsize=9); ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig

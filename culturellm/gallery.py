@@ -13,6 +13,7 @@ import pandas as pd
 
 from .config import ConfigError, atomic_write_text, seed_of
 from .stats import bootstrap_ci
+from .figures import PALETTE, interval_bars, use_theme
 
 # %% auto #0
 __all__ = ['COUNTRIES', 'COUNTRY_NAMES', 'LANGUAGES', 'GG_HELP', 'US_WORDS', 'ALPACA', 'NO_COUNTRY_RULES', 'GEO_SETTINGS',
@@ -681,30 +682,27 @@ def _of(df:pd.DataFrame, m) -> pd.DataFrame:
 def plot_geomlama(scores:pd.DataFrame,  # `geomlama_scores`, with a `model` column for several models
                   name:str='',          # the base model's name, for the title
                  ):
-    "Bars of precision@k per country and setting with 95% intervals, one panel per language (columns) and model (rows), random baseline marked, n questions in the titles."
+    "Bars of precision@k per country and setting with 95% intervals (seaborn, the rows' own intervals), one panel per language (columns) and model (rows), random baseline marked, n questions in the titles."
+    use_theme()
     import matplotlib.pyplot as plt
     langs, models = list(dict.fromkeys(scores.lang)), _models(scores); cols = list(COUNTRIES) + ['mean']
     fig, axes = plt.subplots(len(models), len(langs), figsize=(4.6 * len(langs), 3.2 * len(models)), squeeze=False, sharey=True)
     for i, m in enumerate(models):
         for ax, lang in zip(axes[i], langs):
             s = _of(scores, m); s = s[s.lang == lang]; sets = [x for x in GEO_SETTINGS if x in set(s.setting)]
-            for j, st in enumerate(sets):
-                g = s[s.setting == st].set_index('country').reindex(cols)
-                x = np.arange(len(cols)) + (j - (len(sets) - 1) / 2) * 0.26
-                err = np.vstack([(g.precision - g.ci_low).fillna(0), (g.ci_high - g.precision).fillna(0)])
-                ax.bar(x, g.precision.fillna(0), 0.25, yerr=err, capsize=2, label=st)
+            interval_bars(ax, s, 'country', 'precision', 'ci_low', 'ci_high', hue='setting', order=cols, hue_order=sets, capsize=2)
             rnd = s.groupby('country').random.first().reindex(cols)
             ax.scatter(np.arange(len(cols)), rnd, marker='_', s=400, color='k', zorder=3, label='random ranking')
-            ax.set_xticks(np.arange(len(cols))); ax.set_xticklabels([COUNTRY_NAMES.get(c, c) for c in cols], fontsize=8)
+            ax.set_xticks(np.arange(len(cols))); ax.set_xticklabels([COUNTRY_NAMES.get(c, c) for c in cols], fontsize=8); ax.set_xlabel(''); ax.set_ylabel('')
             n = int(s.questions.max()) if 'questions' in s and s.questions.notna().any() else 0
             ax.set_title(f"{m or name or 'model'}: GeoMLaMA {lang} ({LANGUAGES.get(lang, lang)}), n≤{n} per country", fontsize=9); ax.set_ylim(0, 1)
         axes[i][0].set_ylabel('precision@k')
     axes[0][-1].legend(fontsize=7, loc='upper right')
     if name: fig.suptitle(name, fontsize=9)
     fig.tight_layout(); return fig
-
 def plot_camel_radar(scores:pd.DataFrame, name:str=''):   # `camel_scores` (with `model` for several); the model's name
-    "Setting 1: one radar per scenario country, accuracy per category, one line per model, chance as a dashed ring."
+    "Setting 1: one radar per scenario country, accuracy per category, one line per model, chance as a dashed ring (a radar: matplotlib, under the study's theme)."
+    use_theme()
     import matplotlib.pyplot as plt
     s = scores[(scores.setting == 1) & (scores.category != 'Overall') & (scores.country != 'all')]
     cs = list(dict.fromkeys(s.country)); cats = list(dict.fromkeys(s.category)); models = _models(s)
@@ -722,65 +720,59 @@ def plot_camel_radar(scores:pd.DataFrame, name:str=''):   # `camel_scores` (with
     fig.suptitle(f"{name + ': ' if name else ''}CAMeL setting 1: accuracy per category (dashed: chance)", fontsize=9); fig.tight_layout(); return fig
 
 def plot_camel_priors(priors:pd.DataFrame, name:str=''):   # `camel_priors` (with `model` for several); the model's name
-    "Setting 2: heatmaps (one per model) of whose entity is picked (columns) in each scenario country (rows), no right answer offered."
-    import matplotlib.pyplot as plt
+    "Setting 2: heatmaps (one per model, seaborn) of whose entity is picked (columns) in each scenario country (rows), no right answer offered."
+    use_theme()
+    import matplotlib.pyplot as plt, seaborn as sns
     P = priors[priors.category == 'Overall']; models = _models(P)
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), squeeze=False)
     for ax, m in zip(axes[0], models):
         p = _of(P, m)
         rows = [c for c in CAMEL_COUNTRIES if c in set(p.scenario)]; cols = [c for c in CAMEL_COUNTRIES if c in set(p.picked)]
-        M = p.pivot(index='scenario', columns='picked', values='share').reindex(index=rows, columns=cols)
-        im = ax.imshow(M.to_numpy(float), cmap='viridis', vmin=0, vmax=1)
-        for i in range(len(rows)):
-            for j in range(len(cols)):
-                v = M.iat[i, j]
-                if np.isfinite(v): ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=8, color='w' if v < 0.6 else 'k')
-        ax.set_xticks(range(len(cols))); ax.set_xticklabels(cols); ax.set_yticks(range(len(rows))); ax.set_yticklabels(rows)
-        ax.set_xlabel('picked entity from'); ax.set_ylabel('scenario'); fig.colorbar(im, ax=ax, fraction=0.046)
+        M = p.pivot(index='scenario', columns='picked', values='share').reindex(index=rows, columns=cols).astype(float)
+        sns.heatmap(M, ax=ax, cmap='viridis', vmin=0, vmax=1, annot=True, fmt='.2f', annot_kws=dict(fontsize=8), cbar_kws=dict(fraction=0.046))
+        ax.set_xticks(np.arange(len(cols)) + 0.5, cols, rotation=0); ax.set_yticks(np.arange(len(rows)) + 0.5, rows, rotation=0); ax.grid(False)
+        ax.set_xlabel('picked entity from'); ax.set_ylabel('scenario')
         ax.set_title(f"{m or name or 'model'}: CAMeL setting 2 priors (chance {p.chance.mean():.2f}, n={int(p.groupby('scenario').n.first().sum())})", fontsize=9)
     fig.tight_layout(); return fig
-
 def plot_camel_bars(scores:pd.DataFrame, name:str=''):   # `camel_scores` (with `model` for several); the model's name
-    "Settings 3–5: the rate per scenario country (Overall), one bar per model with its interval, chance as a dashed line."
+    "Settings 3–5: the rate per scenario country (Overall), one bar per model with its interval (seaborn, the rows' own intervals), chance as a dashed line."
+    use_theme()
     import matplotlib.pyplot as plt
     sets = [s for s in (3, 4, 5) if s in set(scores.setting)]; models = _models(scores)
     fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(4.4 * max(len(sets), 1), 3.2), squeeze=False, sharey=True)
-    w = 0.8 / len(models)
     for ax, s in zip(axes[0], sets):
-        order = None
-        for k, m in enumerate(models):
-            g = _of(scores, m); g = g[(g.setting == s) & (g.category == 'Overall')]
-            order = order or [c for c in CAMEL_COUNTRIES if c in set(g.country)] + ['all']
-            g = g.set_index('country').reindex(order); x = np.arange(len(g)) + (k - (len(models) - 1) / 2) * w
-            ax.bar(x, g.value, w * 0.95, yerr=np.vstack([g.value - g.ci_low, g.ci_high - g.value]), capsize=2, color=f'C{k}', label=m or 'model')
-        x = np.arange(len(order))
+        G = [_of(scores, m) for m in models]; G = [g[(g.setting == s) & (g.category == 'Overall')] for g in G]
+        order = [c for c in CAMEL_COUNTRIES if c in set(G[0].country)] + ['all']
+        d = pd.concat([g.assign(model=m or 'model') for g, m in zip(G, models)], ignore_index=True)
+        interval_bars(ax, d, 'country', 'value', 'ci_low', 'ci_high', hue='model', order=order, hue_order=[m or 'model' for m in models], capsize=2)
+        g = G[-1].set_index('country').reindex(order); x = np.arange(len(order))
         ax.hlines(g.chance, x - 0.4, x + 0.4, colors='k', linestyles='--', lw=1, label='chance')
-        ax.set_xticks(x); ax.set_xticklabels(order, fontsize=8, rotation=30); ax.set_ylim(0, 1)
+        ax.set_xticks(x); ax.set_xticklabels(order, fontsize=8, rotation=30); ax.set_ylim(0, 1); ax.set_xlabel(''); ax.set_ylabel('')
         ax.set_title(f"setting {s}: {CAMEL_METRIC[s]} ({CAMEL_BETTER[s]} is better), n={int(g.loc['all', 'n'])}", fontsize=9)
     axes[0][-1].legend(fontsize=7)
     if name: fig.suptitle(name, fontsize=9)
     fig.tight_layout(); return fig
-
 def plot_tuning(translation:pd.DataFrame,  # `gallery_translation.csv` rows
                 tuning:pd.DataFrame,       # `gallery_tuning.csv` rows, with `losses` (per-step loss lists)
                 name:str='',               # the model's name
                ):
-    "Left: each language's mean translation quality with its 95% interval (and how many texts were translated / kept in English / items dropped); right: the training loss per step of each adapter."
-    import matplotlib.pyplot as plt
+    "Left: each language's mean translation quality with its 95% interval (and how many texts were translated / kept in English / items dropped); right: the training loss per step of each adapter (seaborn)."
+    use_theme()
+    import matplotlib.pyplot as plt, seaborn as sns
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     t = translation[translation.qe_mean.notna()] if len(translation) else translation
     if len(t):
-        x = np.arange(len(t))
-        a.bar(x, t.qe_mean, 0.6, yerr=np.vstack([t.qe_mean - t.qe_lo, t.qe_hi - t.qe_mean]), capsize=3)
-        a.set_xticks(x); a.set_xticklabels([f"{r.language}\n{r.translated} tr / {r.kept_english} en\n{r.dropped} of {r.n} dropped" for r in t.itertuples()], fontsize=7)
+        t = t.assign(label=[f"{r.language}\n{r.translated} tr / {r.kept_english} en\n{r.dropped} of {r.n} dropped" for r in t.itertuples()])
+        interval_bars(a, t, 'label', 'qe_mean', 'qe_lo', 'qe_hi', width=0.6, color=PALETTE[0])
+        a.tick_params(axis='x', labelsize=7); a.set_xlabel('')
         a.set_ylabel(f"QE ({', '.join(sorted(set(t.qe_method)))})"); a.set_ylim(0, 1)
     else: a.text(0.5, 0.5, 'no translation scored', ha='center', va='center', transform=a.transAxes)
     a.set_title('translated instructions: quality', fontsize=9)
     for k, r in enumerate(tuning.itertuples()):
         L = r.losses if isinstance(r.losses, list) else []
-        b.plot(np.arange(1, len(L) + 1), L, marker='.', color=f'C{k}', label=f"{r.model} ({r.samples} samples)")
+        if L: sns.lineplot(x=np.arange(1, len(L) + 1), y=np.asarray(L, float), marker='.', color=f'C{k}', errorbar=None, ax=b, label=f"{r.model} ({r.samples} samples)")
     b.set_xlabel('step'); b.set_ylabel('training loss (completion tokens)'); b.set_title(f"{name + ': ' if name else ''}instruction tuning", fontsize=9)
-    if len(tuning): b.legend(fontsize=7)
+    if len(tuning) and b.get_legend_handles_labels()[0]: b.legend(fontsize=7)
     fig.tight_layout(); return fig
 
 # %% ../nbs/06_gallery.ipynb #g070

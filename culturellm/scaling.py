@@ -13,6 +13,7 @@ import pandas as pd
 
 from .finetune import nested_subset
 from .stats import bootstrap_ci
+from .figures import use_theme
 
 # %% auto #0
 __all__ = ['SCALING_COLUMNS', 'MEASURES', 'parse_sizes', 'doc_start', 'text_logprobs', 'set_perplexity', 'nearest_seed_distance',
@@ -109,7 +110,9 @@ def plot_measure(ax,                 # a matplotlib axis
                  measure:str,        # one of `MEASURES`
                  title:str='',       # the panel's title
                 ):
-    "Plot `measure` against size: one line per culture, the mean over training seeds with the widest interval, n in the legend; the base model (setting 'base') as a dashed line with its interval as a band."
+    "Plot `measure` against size: one line per culture (seaborn), the mean over training seeds with the widest interval, n in the legend; the base model (setting 'base') as a dashed line with its interval as a band."
+    use_theme()
+    import seaborn as sns
     d = df[df.measure == measure]
     colour = {c: f'C{k}' for k, c in enumerate(sorted(d.culture.unique()))}   # a culture's line and its base model's, alike
     if 'setting' in d:
@@ -120,8 +123,9 @@ def plot_measure(ax,                 # a matplotlib axis
     for c, g in d.groupby('culture', sort=True):
         g = g.groupby('size').agg(value=('value', 'mean'), lo=('lo', 'min'), hi=('hi', 'max'), n=('n', 'max')).reset_index()
         lo_n, hi_n = int(g.n.min()), int(g.n.max())
-        ax.errorbar(g['size'], g.value, yerr=[g.value - g.lo, g.hi - g.value], marker='o', capsize=3, lw=1.2, color=colour[c],
-                    label=f"{'question sets' if c == 'all' else c} (n={lo_n if lo_n == hi_n else f'{lo_n}–{hi_n}'})")
+        sns.lineplot(x=g['size'].to_numpy(float), y=g.value.to_numpy(float), marker='o', lw=1.2, color=colour[c], errorbar=None, ax=ax,   # one point per size: nothing to estimate
+                     label=f"{'question sets' if c == 'all' else c} (n={lo_n if lo_n == hi_n else f'{lo_n}–{hi_n}'})")
+        ax.errorbar(g['size'], g.value, yerr=[g.value - g.lo, g.hi - g.value], fmt='none', capsize=3, lw=1.2, ecolor=colour[c], label='_nolegend_')
     if len(d) and d['size'].max() > 0: ax.set_xscale('symlog', linthresh=max(1, int(d.loc[d['size'] > 0, 'size'].min())))
     ax.set_xticks(sorted(d['size'].unique())); ax.set_xticklabels([str(int(s)) for s in sorted(d['size'].unique())], fontsize=8)
     ax.set_xlabel('augmented training questions'); ax.set_ylabel(MEASURES.get(measure, measure), fontsize=9)

@@ -16,6 +16,7 @@ import yaml
 
 from .config import (Config, ConfigError, get_config, load_config, data_root, atomic_write_json, read_text_file, yaml_problem,
                                write_jsonl, read_jsonl, ANSWER_RULES)
+from .figures import use_theme
 
 # %% auto #0
 __all__ = ['WVS7_COUNTRIES', 'WVS7_NUMERIC', 'CULTURES', 'SCALE_FIXES', 'MISSING_CODES', 'ORIGINAL_EXACT_MEAN',
@@ -547,7 +548,8 @@ def classical_mds(D:np.ndarray, k:int=2) -> np.ndarray:
 # %% ../nbs/00_seeds.ipynb #c067
 def plot_answer_heatmap(culture:Culture, counts:dict, answers:dict, questions:list|None=None, weighted:bool=True):
     "Heatmap of the culture's answer distribution per question (rows) over scale positions, the answer marked (★; an off-scale `compat` answer is written out)."
-    import matplotlib.pyplot as plt
+    use_theme()
+    import matplotlib.pyplot as plt, seaborn as sns
     questions = questions or load_questions()
     width = max(len(q.scale.codes) for q in questions)
     M = np.full((len(questions), width), np.nan)
@@ -555,20 +557,20 @@ def plot_answer_heatmap(culture:Culture, counts:dict, answers:dict, questions:li
         d = culture_distribution(counts, culture.countries, q, weighted)
         if d is not None: M[i, :len(d)] = d
     fig, ax = plt.subplots(figsize=(7, 11))
-    im = ax.imshow(M, aspect='auto', cmap='viridis', vmin=0, vmax=1)
+    sns.heatmap(M, ax=ax, cmap='viridis', vmin=0, vmax=1, cbar_kws=dict(fraction=0.04, label='share')); ax.grid(False)   # cell (i, j) centred at (j + ½, i + ½)
     for i, q in enumerate(questions):
         a = answers.get(q.id)
         asked = not np.isnan(M[i]).all()
-        if a is None: ax.text(0, i, 'not asked', va='center', fontsize=7, color='0.4')
+        if a is None: ax.text(0.5, i + 0.5, 'not asked', va='center', fontsize=7, color='0.4')
         elif is_off_scale(a) or not asked:   # compat: an answer off the scale, or one invented for an item never asked
-            ax.text(width - 0.5, i, f"{'' if asked else 'not asked; '}answer {a}" + (': off the scale' if is_off_scale(a) else ' invented'),
+            ax.text(width, i + 0.5, f"{'' if asked else 'not asked; '}answer {a}" + (': off the scale' if is_off_scale(a) else ' invented'),
                     ha='right', va='center', fontsize=6, color='crimson')
-            if not is_off_scale(a) and not isinstance(a, dict): ax.plot(q.scale.values.index(int(a)), i, '*', color='crimson', ms=7)
-        elif not isinstance(a, dict): ax.plot(q.scale.values.index(int(a)), i, 'w*', ms=7)
-    ax.set_yticks(range(len(questions)), [f"Q{q.id} {q.short[:40]}" for q in questions], fontsize=6)
-    ax.set_xticks(range(width), [str(i + 1) for i in range(width)]); ax.set_xlabel('scale position (lowest code first)')
+            if not is_off_scale(a) and not isinstance(a, dict): ax.plot(q.scale.values.index(int(a)) + 0.5, i + 0.5, '*', color='crimson', ms=7)
+        elif not isinstance(a, dict): ax.plot(q.scale.values.index(int(a)) + 0.5, i + 0.5, 'w*', ms=7)
+    ax.set_yticks(np.arange(len(questions)) + 0.5, [f"Q{q.id} {q.short[:40]}" for q in questions], fontsize=6, rotation=0)
+    ax.set_xticks(np.arange(width) + 0.5, [str(i + 1) for i in range(width)], rotation=0); ax.set_xlabel('scale position (lowest code first)')
     ax.set_title(f"{culture.name}: share of valid answers ({', '.join(culture.countries)}); ★ = answer")
-    fig.colorbar(im, ax=ax, fraction=0.04, label='share'); fig.tight_layout()
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/00_seeds.ipynb #c068
@@ -587,19 +589,20 @@ def normalised_means(cultures:list, counts:dict, questions:list|None=None, weigh
 
 def plot_cultures_heatmap(cultures:list, counts:dict, questions:list|None=None, weighted:bool=True):
     "Heatmap of every culture's normalised mean answer to every question."
-    import matplotlib.pyplot as plt
+    use_theme()
+    import matplotlib.pyplot as plt, seaborn as sns
     questions = questions or load_questions()
     M = normalised_means(cultures, counts, questions, weighted)
     fig, ax = plt.subplots(figsize=(max(6, 3 + 0.6 * len(cultures)), 11))
-    im = ax.imshow(M.values, aspect='auto', cmap='coolwarm', vmin=0, vmax=1)
-    ax.set_xticks(range(len(cultures)), M.columns, rotation=45, ha='right')
-    ax.set_yticks(range(len(questions)), [f"Q{q.id} {q.short[:36]}" for q in questions], fontsize=6)
+    sns.heatmap(M, ax=ax, cmap='coolwarm', vmin=0, vmax=1, cbar_kws=dict(fraction=0.05)); ax.grid(False)
+    ax.set_xticks(np.arange(len(cultures)) + 0.5, M.columns, rotation=45, ha='right')
+    ax.set_yticks(np.arange(len(questions)) + 0.5, [f"Q{q.id} {q.short[:36]}" for q in questions], fontsize=6, rotation=0)
     ax.set_title('Mean answer, 0 = lowest code … 1 = highest (blank: not asked)', fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.05); fig.tight_layout()
+    fig.tight_layout()
     return fig
-
 def plot_country_map(counts:dict, highlight=(), questions:list|None=None, weighted:bool=True):
-    "The countries placed by classical MDS on the mean JS distance of their answers; `highlight` in red."
+    "The countries placed by classical MDS on the mean JS distance of their answers; `highlight` in red (a map: matplotlib, under the study's theme)."
+    use_theme()
     import matplotlib.pyplot as plt
     D = country_distances(counts, questions, weighted)
     off = D.values[~np.eye(len(D), dtype=bool)]
