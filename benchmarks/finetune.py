@@ -71,7 +71,7 @@ def train_once(kind:str, recs:list, F, steps:int, seed:int=0) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTTrainer
-    from culturellm.finetune import PackedCollator, _sft_args, _trainer_class, load_base, train_device
+    from culturellm.training import PackedCollator, _sft_args, _trainer_class, load_base, train_device
     dev = train_device(F.precision, F.quantize)
     model, tok, _ = load_base(F.model, dev)
     pc = Dataset.from_list([{'prompt': r['messages'][:2], 'completion': r['messages'][2:]} for r in recs])

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from .config import ConfigError, atomic_write_json, atomic_write_text, read_jsonl
-from .finetune import culture_samples, one_samples, train_lora, training_key, variant_questions
+from .finetune import culture_samples, one_samples, variant_questions
+from .training import train_lora, training_key
 from .evaluate import encode, macro_f1_codes
 from .alignment import alignment, question_distributions
 from .seeds import is_off_scale

@@ -199,8 +199,8 @@ def section_data(R:dict, # `read_run`'s dict
     F, E = cfg.get('finetune', {}), cfg.get('evaluate', {})
     rule = 'distribution' if R['labels']['dist'] else S.get('answer_rule', 'majority')
     L = ["## Training data\n",
-         f"The answers come from the **World Values Survey, Wave 7**: the 50 seed questions of CultureLLM, asked in English with the "
-         f"culture's system prompt, answered as the survey's respondents in these countries answer them."
+         "The answers come from the **World Values Survey, Wave 7**: the 50 seed questions of CultureLLM, asked in English with the "
+         "culture's system prompt, answered as the survey's respondents in these countries answer them."
          + (" CultureLLM-One is trained on every culture of the run at once, each with its own system prompt.\n" if R['labels']['culture'] == 'one' else "\n")]
     for C in R['covers']:
         a = R['answers'].get(C.name) or {}

@@ -989,7 +989,7 @@ def tune_language(F,               # `tune_config`
                   progress:bool=False,
                  ) -> dict:
     "Train (or reuse) the language's LoRA adapter with `finetune.train_lora` on the kept records; returns one `gallery_tuning.csv` row plus the adapter's path."
-    from culturellm.finetune import train_lora
+    from culturellm.training import train_lora
     samples = [alpaca_sft(r, lang) for r in recs if r.get('keep', True)]
     if not samples: raise GalleryDataError(f"{lang}: no instructions left to tune on (all dropped by the quality threshold)")
     out = Path(run) / 'adapters' / 'gallery' / lang

@@ -5,7 +5,7 @@
 # %% ../nbs/09b_plan.ipynb #p004
 from __future__ import annotations
 
-import argparse, json, math, re, sys, time
+import argparse, json, math, re, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,12 +118,12 @@ def make_ctx(cfg:Config) -> Ctx:
 # %% ../nbs/09b_plan.ipynb #p011a
 def train_tokens(F, n:int, tokens:int, max_steps:int|None=None) -> int:
     "Tokens a training run feeds: its optimiser steps (`finetune.total_steps`) × samples per step × the set's mean sample length."
-    from culturellm.finetune import total_steps
+    from culturellm.training import total_steps
     return round(total_steps(F, n, max_steps) * F.batch_size * F.grad_accum * tokens / n) if n else 0
 
 def _task(*lms, train:list=(), F=None) -> dict:
     "A task's figures: the counters' calls and tokens (those of API models apart), and the runs it trains ([(samples, tokens, max_steps)])."
-    from culturellm.finetune import total_steps
+    from culturellm.training import total_steps
     lms = [l for l in lms if l is not None]
     s = lambda k, api=None: sum(getattr(l, k) for l in lms if api is None or l.api == api)
     return dict(calls=s('calls'), tokens_in=s('tokens_in'), tokens_out=s('tokens_out'), api_tokens_in=s('tokens_in', True), api_tokens_out=s('tokens_out', True),
@@ -282,7 +282,7 @@ def plan_ablation(x:Ctx, culture:str) -> dict:
     "Ablation: an adapter per variant and training seed (the finetune stage's reused where it is the same), each scoring the sampled items and the WVS wordings; the open answers of base and tuned, and the judge's verdicts in both orders."
     from culturellm.ablation import training_seeds, variant_samples, open_prompt, judge_items
     from culturellm.alignment import wvs_rows
-    from culturellm.finetune import answer_items, total_steps
+    from culturellm.finetune import answer_items
     Ab, E, F = x.cfg.ablation, x.cfg.evaluate, x.cfg.finetune; lm = x.counter(F.model)
     one = culture == 'one'; CS = [x.cultures[c] for c in (x.names if one else [culture])]
     share = lambda k: max(1, k // len(CS)) if k else 0
@@ -345,7 +345,6 @@ def plan_scaling(x:Ctx, culture:str='all') -> dict:
 # %% ../nbs/09b_plan.ipynb #p011h
 def plan_gallery(x:Ctx, culture:str='all') -> dict:
     "Gallery: the instructions translated (and back, for round-trip quality) and an adapter tuned per language, then GeoMLaMA's and CAMeL's items scored by the base model and every adapter."
-    import dataclasses
     from culturellm import gallery as g
     G, F = x.cfg.gallery, x.cfg.finetune; lm = x.counter(G.model, G.base_url)
     gg = x.root / 'global-gallery' if x.root and (x.root / 'global-gallery').is_dir() else None
@@ -485,7 +484,7 @@ def plan_table(p:dict) -> str:
              f"generation {p['efficiency']['generate']:.2f})", h, '-' * len(h)]
     lines += [row(t['stage'], t['culture'], t) for t in p['tasks']]
     lines += ['-' * len(h), row('total', '', p['total'])]
-    lines += [f"tokens counted with: " + ', '.join(f"{m}: {h}" for m, h in p['tokenizers'].items())]
+    lines += ["tokens counted with: " + ', '.join(f"{m}: {h}" for m, h in p['tokenizers'].items())]
     lines += [f"API prices: ${p['prices']['price_in']}/Mtok in, ${p['prices']['price_out']}/Mtok out"] + [f"note: {n}" for n in p['notes']]
     return '\n'.join(lines)
 

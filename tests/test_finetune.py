@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from culturellm.config import get_config, read_jsonl
-from culturellm.finetune import (PackedCollator, _trainer_class, agreement, answer_suffix, culture_samples, load_base,
-                                 nested_subset, one_samples, split_augmented, train_device, train_lora, variant_questions,
-                                 write_sets)
+from culturellm.finetune import agreement, answer_suffix, culture_samples, nested_subset, one_samples, split_augmented, variant_questions, write_sets
+from culturellm.training import PackedCollator, _trainer_class, load_base, train_device, train_lora
 from culturellm.llm import LocalLM
 from culturellm.seeds import CULTURES, culture_answers, load_questions, validate_chat_record, wvs_counts
 
@@ -37,7 +36,7 @@ def test_packed_loss_is_trls_completion_only_loss():
     model, tok, _ = load_base('tiny-random', dev)
     recs = samples()[:6]
     ds = Dataset.from_list([{'prompt': r['messages'][:2], 'completion': r['messages'][2:]} for r in recs])
-    from culturellm.finetune import _sft_args
+    from culturellm.training import _sft_args
     tr = _trainer_class()(model=model, args=_sft_args(F, Path('/tmp/unused-ck'), dev, 0, False), train_dataset=ds,
                           processing_class=tok, peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type='CAUSAL_LM'))
     ex = [tr.train_dataset[i] for i in range(len(recs))]
@@ -169,7 +168,7 @@ def test_a_reused_base_gives_the_same_adapter(tmp_path):
     """`train_lora` gives its base model back with the LoRA layers removed and the next run trains on it: that run's
     adapter equals one trained on a freshly loaded base, and the base given back is the base as loaded."""
     from safetensors.torch import load_file
-    import culturellm.finetune as ft
+    import culturellm.training as ft
     recs = samples()[:16]
     F = smoke(max_steps=3, dropout=0.1, precision='fp32')
     ft._BASE.clear()

@@ -454,7 +454,7 @@ def test_instruction_files_load(tmp_path):
 def test_template_and_loss_targets(tmp_path):
     "The Alpaca template with the language's headers up to the response header; one training step's targets are the output's tokens and EOS only."
     from transformers import TrainerCallback
-    from culturellm.finetune import train_lora
+    from culturellm.training import train_lora
     from culturellm.llm import LocalLM
     for lang in ALPACA:
         s = alpaca_sft(dict(instruction='I', input='X', output='O'), lang)
