@@ -115,9 +115,11 @@ def read_run(run:str|Path, # a run folder (`culturellm run --out`)
     try: known = load_cultures(cfg.get('cultures_file'))
     except ConfigError: known = dict(CULTURES)   # the cultures file has moved since the run: the built-in ones
     cs = cultures if labels['culture'] == 'one' else [labels['culture']]
+    rec = run / 'records' / 'finetune' / f"{labels['culture']}.json"
+    if labels['culture'] == 'one' and rec.is_file():   # the cultures One was trained on, as its finetune task recorded them (a later run may name fewer)
+        cs = [k.split(' / ', 1)[1] for k in _json(rec).get('counts', {}) if k.startswith('one / ')] or cs
     missing = [c for c in cs if c not in known]
     if missing: raise ConfigError(f"{run}: culture {missing[0]!r} is neither built in nor in the run's cultures file {cfg.get('cultures_file')}")
-    rec = run / 'records' / 'finetune' / f"{labels['culture']}.json"
     answers = {c: _json(p) for c in cs if (p := run / 'data' / 'answers' / f'{c}.json').is_file()}
     return dict(run=run.resolve(), name=name, adapter=a, weights=weights, training=_json(a / 'training.json'), config=cfg,
                 manifest=manifest, cultures=cultures, labels=labels, covers=[known[c] for c in cs],

@@ -183,11 +183,12 @@ def _clean_outputs(outputs:list, bases:list=(), dest:Path|None=None) -> list:
 def relative_paths(nb:dict, mapping:dict) -> dict:
     """`nb` with the build machine's absolute paths in code and text outputs rewritten by `mapping` ({absolute path:
     what to show}; the longest first): the run folder as `.`, the data root as `$CULTURELLM_DATA`, the checkout as its
-    relative paths, the home folder as `~`. Images are left as they are."""
-    pairs = sorted(((str(k).rstrip('/'), v) for k, v in mapping.items() if k), key=lambda kv: -len(kv[0]))
+    relative paths, the home folder as `~`; a path mapped to '' becomes relative to it. Images are left as they are."""
+    pairs = sorted(((str(k).rstrip('/'), v) for k, v in mapping.items()), key=lambda kv: -len(kv[0]))
+    pairs = [(a, b) for a, b in pairs if len(a) > 1]         # never '/' (a home or root of '/' would rewrite every path)
     def fix(t):
         if isinstance(t, list): t = ''.join(t)
-        for a, b in pairs: t = t.replace(a + '/', (b + '/') if b else '').replace(a, b or '.')
+        for a, b in pairs: t = t.replace(a + '/', (b + '/') if b else '').replace(a, b or '.')   # '' : relative to it
         return t
     out = json.loads(json.dumps(nb))
     for c in out.get('cells', []):
@@ -205,7 +206,7 @@ def path_mapping(run:Path|None, root:Path) -> dict:
     "What `relative_paths` rewrites for a page from the run folder `run` (None: a notebook executed in the checkout)."
     m = {str(root.resolve()): '', str(Path.home()): '~'}
     if run is not None:
-        m[str(run.resolve())] = '.'
+        m[str(run.resolve())] = ''
         dr = (json.loads((run / 'manifest.json').read_text()).get('data_root') if (run / 'manifest.json').is_file() else None)
         if dr: m[str(dr)] = '$CULTURELLM_DATA'
     if os.environ.get('CULTURELLM_DATA'): m.setdefault(str(Path(os.environ['CULTURELLM_DATA']).resolve()), '$CULTURELLM_DATA')
