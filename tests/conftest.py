@@ -7,13 +7,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pytest_collection_modifyitems(config, items):
-    """pytest-xdist (`--dist loadgroup`): a test module's tests run on one worker (its module-scoped fixtures, such as the
-    docs site or a run folder, are built once), except the notebooks', which are spread over the workers one by one."""
-    for item in items:
-        if item.module.__name__ != 'test_notebooks': item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 @pytest.fixture(scope='session')
 def data_root() -> Path:
     """The folder holding `culturellm/`: $CULTURELLM_DATA, else `<repo>/../shared/data`.

@@ -32,7 +32,7 @@ python tools/make_readme.py --check
 echo "ok: README.md is in sync with nbs/index.ipynb"
 
 set +e
-python -m pytest -q -n 2 --dist loadgroup tests "$@"   # a module per worker, the notebooks spread (tests/conftest.py)
+python -m pytest -q -n 2 --dist loadfile tests "$@"
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then echo "FAIL: pytest collected no tests" >&2; exit 1; fi
