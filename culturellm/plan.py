@@ -48,7 +48,7 @@ class Counter:
     def __init__(self, tok, name:str='model', api:bool=False):
         self.tok, self.name, self.api = tok, name, api   # api: the calls go to a priced API server
         self.capabilities = Capabilities(embed=True, adapters=True)
-        self.calls = self.gen_calls = self.embeds = self.tokens_in = self.tokens_out = 0
+        self.calls = self.tokens_in = self.tokens_out = 0
         self.adapter, self._adapter_sha = None, {}
     def identity(self) -> dict: return {'model': self.name}
     def n(self, text:str) -> int: return len(self.tok(text, add_special_tokens=False).input_ids)
@@ -68,10 +68,10 @@ class Counter:
             out.append(OptionScores(list(opts), [0.0] * len(opts), list(lens)))
         return out
     def generate(self, prompts:list, n:int=1, temperature:float=0.0, max_tokens:int=64, seed:int=0, stop=None, **kw) -> list:
-        for p in prompts: self.calls += 1; self.gen_calls += 1; self.tokens_in += self.n(self._format(p)); self.tokens_out += n * max_tokens
+        for p in prompts: self.calls += 1; self.tokens_in += self.n(self._format(p)); self.tokens_out += n * max_tokens
         return [[' '.join(['word'] * max(3, max_tokens // 2))] * n for _ in prompts]
     def embed(self, texts:list) -> np.ndarray:
-        self.embeds += len(texts); return np.ones((len(texts), 8), np.float32) / np.sqrt(8)
+        return np.ones((len(texts), 8), np.float32) / np.sqrt(8)
     def load_adapter(self, path, name=None): self.adapter = {'name': name}; return name
     def set_adapter(self, name): self.adapter = None if name is None else {'name': name}
     def counts(self) -> dict: return dict(calls=self.calls, tokens_in=self.tokens_in, tokens_out=self.tokens_out)
@@ -237,7 +237,7 @@ def _predict(lm, C, tasks, items, x:Ctx, context:bool=False, ctx:str=''):
     memo = x.__dict__.setdefault('_predict_memo', {})
     key = (lm.name, C.name, id(tasks), id(items), context, ctx)
     if key not in memo:
-        names = ('calls', 'gen_calls', 'tokens_in', 'tokens_out')
+        names = ('calls', 'tokens_in', 'tokens_out')
         before = {k: getattr(lm, k) for k in names}
         predict_tasks(lm, ModelSpec('m', lm.name, context=context), C, tasks, items, E.scoring, ctx, E.max_tokens, progress=False)
         memo[key] = ({k: getattr(lm, k) - before[k] for k in names}, tasks, items)   # the lists kept: their ids stay theirs

@@ -57,8 +57,6 @@ def hashed_config(cfgd:dict) -> dict:
 class GpuPool:
     "The GPUs that side-by-side tasks share: a task takes whole devices while it runs and gives them back after."
     def __init__(self, ids:list): self.ids, self.free = list(ids), list(ids)
-    @property
-    def total(self) -> int: return len(self.ids)
     def take(self, n:int) -> list|None:
         "`n` free GPUs (the first in order), or None where fewer are free."
         if n > len(self.free): return None
